@@ -1,0 +1,388 @@
+//! Throwaway PostgreSQL clusters whose data, socket and log all live under
+//! one directory, run by the unprivileged server user.
+//!
+//! ```text
+//! DIR/
+//!   data/              PGDATA (initdb --auth=trust: local, throwaway)
+//!   .s.PGSQL.<port>    the Unix socket: psql -h DIR -p <port> -U postgres
+//!   postgres.log       server log
+//! ```
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::bail;
+use crate::error::{Context, Error, Result};
+use crate::install::PgInstall;
+use crate::process::{as_server_user, is_root, run_captured, SERVER_USER};
+
+/// The superuser of every harness cluster.
+pub const SUPERUSER: &str = "postgres";
+
+/// Longest Unix socket path the kernel accepts (sun_path is 108 bytes).
+const MAX_SOCKET_PATH: usize = 107;
+
+const HARNESS_CONF: &str = "cowclone_harness.conf";
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub port: u16,
+    /// Load cowclone through shared_preload_libraries, as production must.
+    pub preload: bool,
+    /// Also listen on 127.0.0.1; test clusters use the socket only, so
+    /// parallel tests never race for TCP ports.
+    pub listen_tcp: bool,
+    /// Extra postgresql.conf lines, applied last.
+    pub settings: Vec<String>,
+}
+
+impl ClusterConfig {
+    pub fn new(port: u16) -> Self {
+        Self {
+            port,
+            preload: true,
+            listen_tcp: true,
+            settings: Vec::new(),
+        }
+    }
+
+    /// A configuration for tests: socket only, no fsync (a kill -9 of the
+    /// postmaster still leaves everything in the OS page cache), a free port.
+    pub fn for_tests() -> Result<Self> {
+        let mut config = Self::new(free_port()?);
+        config.listen_tcp = false;
+        config.settings.push("fsync = off".into());
+        Ok(config)
+    }
+
+    fn render(&self, socket_dir: &Path) -> String {
+        let mut lines = vec![
+            "# Written by cowclone's pg_test harness at every start.".to_string(),
+            format!("port = {}", self.port),
+            format!("unix_socket_directories = '{}'", socket_dir.display()),
+            format!(
+                "listen_addresses = '{}'",
+                if self.listen_tcp { "localhost" } else { "" }
+            ),
+            // Clones pin their snapshot with replication slots and use workers.
+            "wal_level = replica".into(),
+            "max_replication_slots = 64".into(),
+            "max_wal_senders = 10".into(),
+            "max_worker_processes = 32".into(),
+            "max_connections = 100".into(),
+            "shared_buffers = 256MB".into(),
+            "logging_collector = off".into(),
+            "log_line_prefix = '%m [%p] %q%u@%d '".into(),
+        ];
+        if self.preload {
+            lines.push("shared_preload_libraries = 'cowclone'".into());
+        }
+        lines.extend(self.settings.iter().cloned());
+        lines.join("\n") + "\n"
+    }
+}
+
+/// A port no one listens on right now.
+pub fn free_port() -> Result<u16> {
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).context(|| "cannot find a free port".into())?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn port_is_busy(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_err()
+}
+
+pub struct Cluster {
+    pub pg: PgInstall,
+    pub dir: PathBuf,
+    pub config: ClusterConfig,
+    running: bool,
+    /// Temporary clusters stop and delete themselves when dropped.
+    temporary: bool,
+}
+
+impl Cluster {
+    /// Prepares DIR (creating it, handing it to the server user) and runs
+    /// initdb unless DIR already holds a cluster.
+    pub fn create(dir: &Path, pg: &PgInstall, config: ClusterConfig) -> Result<Self> {
+        let dir = prepare_dir(dir)?;
+        let socket = dir.join(format!(".s.PGSQL.{}", config.port));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            bail!(
+                "{} is too long a path for a Unix socket: choose a shorter DIR",
+                socket.display()
+            );
+        }
+        let cluster = Self {
+            pg: pg.clone(),
+            dir,
+            config,
+            running: false,
+            temporary: false,
+        };
+        if !cluster.data_dir().join("PG_VERSION").exists() {
+            cluster.initdb()?;
+        }
+        Ok(cluster)
+    }
+
+    /// A cluster in a fresh directory under the system temp dir, started,
+    /// stopped and deleted when dropped.
+    pub fn temporary(pg: &PgInstall, config: ClusterConfig) -> Result<Self> {
+        static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "cowclone-{}-{}",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        ));
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        let mut cluster = Self::create(&dir, pg, config)?;
+        cluster.temporary = true;
+        cluster.start()?;
+        Ok(cluster)
+    }
+
+    /// The cluster already initialised in DIR, for commands such as `stop`.
+    pub fn existing(dir: &Path) -> Result<Self> {
+        let data = dir.join("data");
+        let version = fs::read_to_string(data.join("PG_VERSION")).map_err(|_| {
+            Error(format!(
+                "no cluster in {} (no data/PG_VERSION)",
+                dir.display()
+            ))
+        })?;
+        let pg = PgInstall::for_major(crate::install::parse_major(&version)?)?;
+        let conf = fs::read_to_string(data.join(HARNESS_CONF)).unwrap_or_default();
+        let port = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("port = ")?.trim().parse::<u16>().ok())
+            .unwrap_or(5432);
+        let running = data.join("postmaster.pid").exists();
+        Ok(Self {
+            pg,
+            dir: dir.to_path_buf(),
+            config: ClusterConfig::new(port),
+            running,
+            temporary: false,
+        })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.config.port
+    }
+
+    fn initdb(&self) -> Result<()> {
+        run_captured(
+            as_server_user(self.pg.tool("initdb"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .args([
+                    "--auth=trust",
+                    "--no-sync",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ])
+                .arg(format!("--username={SUPERUSER}")),
+            "initdb",
+        )?;
+        let conf = self.data_dir().join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf)?;
+        text.push_str(&format!("\ninclude_if_exists = '{HARNESS_CONF}'\n"));
+        fs::write(&conf, text)?;
+        Ok(())
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("a cluster is already running in {}", self.dir.display());
+        }
+        if self.config.listen_tcp && port_is_busy(self.config.port) {
+            bail!(
+                "port {} is already in use: choose another with --port",
+                self.config.port
+            );
+        }
+        let conf_path = self.data_dir().join(HARNESS_CONF);
+        fs::write(&conf_path, self.config.render(&self.dir))?;
+        give_to_server_user(&conf_path)?;
+        let started = run_captured(
+            as_server_user(self.pg.tool("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .arg("-l")
+                .arg(self.log_file())
+                .args(["-w", "-t", "120", "-s", "start"]),
+            "pg_ctl start",
+        );
+        if let Err(e) = started {
+            bail!("{e}; server log says: {}", self.last_log_line());
+        }
+        self.running = true;
+        Ok(())
+    }
+
+    /// A fast shutdown: sessions are disconnected, nothing is lost.
+    pub fn stop(&mut self) -> Result<()> {
+        self.pg_ctl_stop("fast")?;
+        self.running = false;
+        Ok(())
+    }
+
+    fn pg_ctl_stop(&self, mode: &str) -> Result<()> {
+        run_captured(
+            as_server_user(self.pg.tool("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-w", "-t", "120", "-s", "-m", mode, "stop"]),
+            "pg_ctl stop",
+        )
+        .map(|_| ())
+    }
+
+    pub fn is_running(&self) -> bool {
+        as_server_user(self.pg.tool("pg_ctl"))
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("status")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    fn last_log_line(&self) -> String {
+        fs::read_to_string(self.log_file())
+            .ok()
+            .and_then(|log| {
+                log.lines()
+                    .rfind(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "(empty)".into())
+    }
+
+    /// The text of the server log, for tests that look for a message.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
+    /// A real client connection over the cluster's Unix socket.
+    pub fn connect(&self, dbname: &str) -> Result<postgres::Client> {
+        postgres::Config::new()
+            .host_path(&self.dir)
+            .port(self.config.port)
+            .user(SUPERUSER)
+            .dbname(dbname)
+            .application_name("cowclone-pg_test")
+            .connect(postgres::NoTls)
+            .map_err(|e| Error(format!("cannot connect to database {dbname}: {e}")))
+    }
+
+    /// `psql` arguments that reach this cluster as its superuser.
+    pub fn client_command(&self, program: &str, dbname: &str) -> Command {
+        let mut cmd = Command::new(self.pg.tool(program));
+        cmd.arg("-h")
+            .arg(&self.dir)
+            .arg("-p")
+            .arg(self.config.port.to_string());
+        cmd.arg("-U").arg(SUPERUSER).arg("-d").arg(dbname);
+        cmd
+    }
+
+    /// Runs SQL through psql (unaligned, tuples only) and returns its output.
+    pub fn psql(&self, dbname: &str, sql: &str) -> Result<String> {
+        let mut cmd = self.client_command("psql", dbname);
+        cmd.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+        run_captured(&mut cmd, "psql")
+    }
+
+    /// How a person connects, for the CLI to print.
+    pub fn connect_hint(&self) -> String {
+        format!(
+            "psql -h {} -p {} -U {SUPERUSER}",
+            self.dir.display(),
+            self.config.port
+        )
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.temporary {
+            return;
+        }
+        if self.running {
+            // Immediate: the directory goes away next, there is nothing to keep.
+            let _ = self.pg_ctl_stop("immediate");
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Creates DIR if needed and makes sure the server user can write it.
+fn prepare_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{} exists and is not a directory", dir.display());
+    }
+    fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    if is_root() {
+        give_to_server_user(&dir).context(|| format!("{} is not writable", dir.display()))?;
+        let writable = as_server_user("test")
+            .arg("-w")
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !writable {
+            bail!(
+                "{} is not writable by the {SERVER_USER} user (every parent directory must be searchable by it)",
+                dir.display()
+            );
+        }
+    } else {
+        let probe = dir.join(".cowclone-write-probe");
+        fs::write(&probe, b"").context(|| format!("{} is not writable", dir.display()))?;
+        let _ = fs::remove_file(probe);
+    }
+    Ok(dir)
+}
+
+/// Hands a path to the server user (a no-op unless running as root).
+fn give_to_server_user(path: &Path) -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let (uid, gid) = server_user_ids()?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    Ok(())
+}
+
+fn server_user_ids() -> Result<(u32, u32)> {
+    let id = |flag: &str| -> Result<u32> {
+        let out = run_captured(Command::new("id").arg(flag).arg(SERVER_USER), "id")?;
+        out.trim()
+            .parse::<u32>()
+            .map_err(|_| Error(format!("unexpected output of id {flag}: {out}")))
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+/// The owner uid of a path, for tests that check what the harness created.
+pub fn owner_uid(path: &Path) -> Result<u32> {
+    Ok(fs::metadata(path)?.uid())
+}

@@ -1,0 +1,197 @@
+//! `cargo run -p pg_test -- <command>`: see `usage()`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pg_test::cluster::{Cluster, ClusterConfig};
+use pg_test::extension::{build_and_install, Profile};
+use pg_test::install::{parse_major, PgInstall, DEFAULT_MAJOR};
+use pg_test::suite::SuiteOptions;
+use pg_test::{demo, setup, suite, Error, Result};
+
+fn usage() -> &'static str {
+    "usage: pg_test <command>
+  setup [--pg N]                          install what is missing (idempotent)
+  cluster start DIR [--port N] [--pg N] [--no-build]
+                                          build, install, start a throwaway cluster in DIR
+  cluster stop DIR                        stop the cluster in DIR (and nothing else)
+  demo [--pg N]                           the main job end to end on a throwaway cluster
+  test [--pg N] [--no-lint]               the whole suite
+  bench                                   reserved for the benchmark (issue #7)"
+}
+
+/// A usage mistake: exit status 2, like most Unix tools.
+struct UsageError(String);
+
+enum Failure {
+    Usage(UsageError),
+    Run(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Run(e)
+    }
+}
+
+impl From<UsageError> for Failure {
+    fn from(e: UsageError) -> Self {
+        Failure::Usage(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(UsageError(message))) => {
+            eprintln!("pg_test: {message} (run `pg_test help` for usage)");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(error)) => {
+            eprintln!("pg_test: error: {}", one_line(&error.to_string()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The flags a command accepts, parsed from what follows its positional arguments.
+#[derive(Default)]
+struct Flags {
+    pg: Option<u32>,
+    port: Option<u16>,
+    no_build: bool,
+    no_lint: bool,
+}
+
+fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, Failure> {
+    let mut flags = Flags::default();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let (name, inline_value) = match arg.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (arg.as_str(), None),
+        };
+        if !allowed.contains(&name) {
+            return Err(UsageError(format!("unexpected argument '{arg}'")).into());
+        }
+        let mut value = || -> std::result::Result<String, Failure> {
+            inline_value
+                .clone()
+                .or_else(|| iter.next().cloned())
+                .ok_or_else(|| UsageError(format!("{name} needs a value")).into())
+        };
+        match name {
+            "--pg" => flags.pg = Some(parse_major(&value()?).map_err(|e| UsageError(e.0))?),
+            "--port" => {
+                let v = value()?;
+                let port = v.parse::<u16>().ok().filter(|p| *p >= 1024);
+                flags.port = Some(port.ok_or_else(|| {
+                    UsageError(format!(
+                        "--port expects a number from 1024 to 65535, not '{v}'"
+                    ))
+                })?);
+            }
+            "--no-build" => flags.no_build = true,
+            "--no-lint" => flags.no_lint = true,
+            _ => unreachable!("every allowed flag is handled"),
+        }
+    }
+    Ok(flags)
+}
+
+fn pg_of(flags: &Flags) -> Result<PgInstall> {
+    PgInstall::for_major(flags.pg.unwrap_or(DEFAULT_MAJOR))
+}
+
+fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
+    let Some(command) = args.first() else {
+        return Err(UsageError("no command given".into()).into());
+    };
+    let rest = &args[1..];
+    match command.as_str() {
+        "help" | "--help" | "-h" => {
+            println!("{}", usage());
+            Ok(())
+        }
+        "setup" => {
+            let flags = parse_flags(rest, &["--pg"])?;
+            Ok(setup::setup(&pg_of(&flags)?)?)
+        }
+        "cluster" => cluster_command(rest),
+        "demo" => {
+            let flags = parse_flags(rest, &["--pg"])?;
+            let pg = pg_of(&flags)?;
+            setup::setup(&pg)?;
+            Ok(demo::run(&pg)?)
+        }
+        "test" => {
+            let flags = parse_flags(rest, &["--pg", "--no-lint"])?;
+            let pg = pg_of(&flags)?;
+            setup::setup(&pg)?;
+            Ok(suite::run(
+                &pg,
+                &SuiteOptions {
+                    lint: !flags.no_lint,
+                },
+            )?)
+        }
+        "bench" => Err(Error(
+            "bench is reserved for the benchmark issue (#7) and not built yet".into(),
+        )
+        .into()),
+        other => Err(UsageError(format!("unknown command '{other}'")).into()),
+    }
+}
+
+fn cluster_command(args: &[String]) -> std::result::Result<(), Failure> {
+    let (Some(action), Some(dir)) = (args.first(), args.get(1)) else {
+        return Err(UsageError(
+            "cluster needs an action and a directory: cluster start|stop DIR".into(),
+        )
+        .into());
+    };
+    let dir = PathBuf::from(dir);
+    match action.as_str() {
+        "start" => {
+            let flags = parse_flags(&args[2..], &["--port", "--pg", "--no-build"])?;
+            let pg = pg_of(&flags)?;
+            if !flags.no_build {
+                build_and_install(&pg, Profile::Debug)?;
+            }
+            let mut cluster =
+                Cluster::create(&dir, &pg, ClusterConfig::new(flags.port.unwrap_or(5499)))?;
+            cluster.start()?;
+            println!(
+                "PostgreSQL {} is running in {} (log: {})",
+                pg.major,
+                cluster.dir.display(),
+                cluster.log_file().display()
+            );
+            println!("connect with: {}", cluster.connect_hint());
+            println!(
+                "stop with:    cargo run -p pg_test -- cluster stop {}",
+                cluster.dir.display()
+            );
+            Ok(())
+        }
+        "stop" => {
+            parse_flags(&args[2..], &[])?;
+            let mut cluster = Cluster::existing(&dir)?;
+            if !cluster.is_running() {
+                println!("no server is running in {}", dir.display());
+                return Ok(());
+            }
+            cluster.stop()?;
+            println!("stopped the cluster in {}", dir.display());
+            Ok(())
+        }
+        other => {
+            Err(UsageError(format!("unknown cluster action '{other}' (start or stop)")).into())
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! `setup`: installs what is missing on a fresh Debian 12 machine, and
+//! nothing else. Every step first checks whether its work is already done, so
+//! a second run takes seconds.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::bail;
+use crate::error::Result;
+use crate::install::PgInstall;
+use crate::process::{is_root, on_path, run_captured, run_visible};
+
+pub const PGRX_VERSION: &str = "0.18.0";
+
+/// Debian packages every major needs: libclang for pgrx's bindgen, sudo for
+/// `cargo pgrx test --runas`, runuser (util-linux) for the harness.
+const COMMON_PACKAGES: &[&str] = &["libclang-dev", "clang", "sudo", "util-linux", "pkg-config"];
+
+pub fn setup(pg: &PgInstall) -> Result<()> {
+    let started = Instant::now();
+    let mut packages: Vec<String> = COMMON_PACKAGES.iter().map(|p| p.to_string()).collect();
+    packages.extend(debian_packages_for(pg));
+    ensure_debian_packages(&packages)?;
+    ensure_cargo_pgrx()?;
+    ensure_pgrx_init(pg)?;
+    println!(
+        "setup: ready for PostgreSQL {} ({:.1} s)",
+        pg.major,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Server, headers and contrib (amcheck) for a Debian-packaged major.
+fn debian_packages_for(pg: &PgInstall) -> Vec<String> {
+    vec![
+        format!("postgresql-{}", pg.major),
+        format!("postgresql-server-dev-{}", pg.major),
+        format!("postgresql-client-{}", pg.major),
+    ]
+}
+
+fn is_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn ensure_debian_packages(packages: &[String]) -> Result<()> {
+    let missing: Vec<&String> = packages.iter().filter(|p| !is_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if !is_root() {
+        bail!("missing Debian packages: {list} (run setup as root, or install them)");
+    }
+    println!("setup: installing Debian packages: {list}");
+    run_visible(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update",
+    )?;
+    run_visible(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(missing.iter().map(|s| s.as_str())),
+        "apt-get install",
+    )
+}
+
+fn ensure_cargo_pgrx() -> Result<()> {
+    let current = Command::new("cargo")
+        .args(["pgrx", "--version"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if current
+        .as_deref()
+        .is_some_and(|v| v.ends_with(PGRX_VERSION))
+    {
+        return Ok(());
+    }
+    println!("setup: installing cargo-pgrx {PGRX_VERSION} (takes about 5 minutes on 2 cores)");
+    run_visible(
+        Command::new("cargo").args([
+            "install",
+            "cargo-pgrx",
+            "--version",
+            PGRX_VERSION,
+            "--locked",
+            "--force",
+        ]),
+        "cargo install cargo-pgrx",
+    )
+}
+
+fn pgrx_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("PGRX_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".pgrx")),
+        None => bail!("neither PGRX_HOME nor HOME is set"),
+    }
+}
+
+/// `cargo pgrx init` rewrites its whole config, so it is run with every
+/// major already registered plus the requested one.
+fn ensure_pgrx_init(pg: &PgInstall) -> Result<()> {
+    let config_path = pgrx_home()?.join("config.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap_or_default();
+    let mut registered = parse_registered_majors(&config);
+    let wanted = pg.pg_config().display().to_string();
+    if registered
+        .iter()
+        .any(|(m, path)| *m == pg.major && *path == wanted)
+    {
+        return Ok(());
+    }
+    if !on_path("cargo") {
+        bail!("cargo is not on PATH");
+    }
+    registered.retain(|(m, _)| *m != pg.major);
+    registered.push((pg.major, wanted));
+    let mut cmd = Command::new("cargo");
+    cmd.args(["pgrx", "init"]);
+    for (major, path) in &registered {
+        cmd.arg(format!("--pg{major}={path}"));
+    }
+    println!(
+        "setup: registering PostgreSQL {} with cargo pgrx init",
+        pg.major
+    );
+    run_captured(&mut cmd, "cargo pgrx init").map(|_| ())
+}
+
+/// Reads `pgNN = "path"` lines of pgrx's `[configs]` table.
+fn parse_registered_majors(config: &str) -> Vec<(u32, String)> {
+    config
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            let major = key.trim().strip_prefix("pg")?.parse::<u32>().ok()?;
+            let path = value.trim().trim_matches('"').to_string();
+            Some((major, path))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_registered_majors_from_pgrx_config() {
+        let config = "[configs]\npg15 = \"/usr/lib/postgresql/15/bin/pg_config\"\npg16 = \"/opt/pg16/bin/pg_config\"\n";
+        assert_eq!(
+            parse_registered_majors(config),
+            vec![
+                (15, "/usr/lib/postgresql/15/bin/pg_config".to_string()),
+                (16, "/opt/pg16/bin/pg_config".to_string())
+            ]
+        );
+        assert!(parse_registered_majors("").is_empty());
+    }
+}
