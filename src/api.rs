@@ -1,15 +1,20 @@
 //! The SQL API. Every function lives in schema `cow`, which the extension
 //! script creates (and so `DROP EXTENSION` removes). Functions here are thin:
-//! they check arguments and privileges, then call the module that owns the
+//! they convert arguments and results, and call the module that owns the
 //! concept.
 
 use pgrx::prelude::*;
 
 #[pg_schema]
-mod cow {
+pub mod cow {
+    use pgrx::datum::TimestampWithTimeZone;
     use pgrx::prelude::*;
 
-    use crate::preload;
+    use crate::{clone, lineage, preload, snapshot};
+
+    fn timestamp(raw: i64) -> TimestampWithTimeZone {
+        TimestampWithTimeZone::try_from(raw).expect("timestamps cowclone records are finite")
+    }
 
     /// The version of the loaded library, which is also the extension version.
     #[pg_extern(immutable, parallel_safe)]
@@ -30,14 +35,125 @@ mod cow {
     fn require_preloaded_at_create() {
         preload::require_preloaded();
     }
+
+    /// Creates database `target` as a clone of `source` at this instant.
+    #[pg_extern(volatile, parallel_unsafe, name = "clone")]
+    #[allow(clippy::type_complexity)]
+    fn clone_database(
+        source: &str,
+        target: &str,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(clone, String),
+            name!(clone_oid, pg_sys::Oid),
+            name!(source, String),
+            name!(clone_point_lsn, String),
+            name!(clone_point_time, TimestampWithTimeZone),
+            name!(catalog_relations, i64),
+            name!(shadowed_relations, i64),
+            name!(elapsed_ms, f64),
+        ),
+    > {
+        let outcome = clone::clone_database(source, target);
+        TableIterator::once((
+            target.to_string(),
+            pg_sys::Oid::from(outcome.clone_oid),
+            source.to_string(),
+            outcome.clone_point_lsn,
+            timestamp(outcome.clone_point_time),
+            outcome.catalog_relations,
+            outcome.shadowed_relations,
+            outcome.elapsed_ms,
+        ))
+    }
+
+    /// The raw lineage records; `cow.clones` is the view to use.
+    #[pg_extern(stable, name = "_clone_records")]
+    #[allow(clippy::type_complexity)]
+    fn clone_records() -> TableIterator<
+        'static,
+        (
+            name!(clone_oid, pg_sys::Oid),
+            name!(source_oid, pg_sys::Oid),
+            name!(source_name, String),
+            name!(depth, i32),
+            name!(clone_point_lsn, String),
+            name!(clone_point_time, TimestampWithTimeZone),
+            name!(created_at, TimestampWithTimeZone),
+            name!(pin, String),
+        ),
+    > {
+        let rows: Vec<_> = lineage::all_records()
+            .into_iter()
+            .map(|r| {
+                (
+                    pg_sys::Oid::from(r.clone),
+                    pg_sys::Oid::from(r.source),
+                    r.source_name,
+                    r.depth as i32,
+                    lineage::format_lsn(r.point.lsn),
+                    timestamp(r.point.taken_at),
+                    timestamp(r.created_at),
+                    snapshot::slot_name(pg_sys::Oid::from(r.clone)),
+                )
+            })
+            .collect();
+        TableIterator::new(rows)
+    }
 }
 
 extension_sql!(
     r#"
 SELECT cow._require_preloaded();
 REVOKE ALL ON FUNCTION cow._require_preloaded() FROM PUBLIC;
+-- cow.clone checks its caller's privileges itself (CREATEDB and CONNECT).
+GRANT USAGE ON SCHEMA cow TO PUBLIC;
 COMMENT ON SCHEMA cow IS 'cowclone: instant zero-copy clones of a live database';
 "#,
     name = "require_preloaded_at_create",
     requires = [cow::require_preloaded_at_create],
+);
+
+extension_sql!(
+    r#"
+CREATE VIEW cow.clones AS
+SELECT c.clone_oid,
+       d.datname AS clone,
+       c.source_oid,
+       coalesce(s.datname, c.source_name::name) AS source,
+       c.depth,
+       'shadowed'::text AS status,
+       c.clone_point_time,
+       c.clone_point_lsn::pg_lsn AS clone_point_lsn,
+       c.created_at,
+       c.pin,
+       age(r.xmin) AS pin_age
+  FROM cow._clone_records() c
+  JOIN pg_database d ON d.oid = c.clone_oid
+  LEFT JOIN pg_database s ON s.oid = c.source_oid
+  LEFT JOIN pg_replication_slots r ON r.slot_name = c.pin;
+COMMENT ON VIEW cow.clones IS 'Every clone in the cluster: source, clone point, status and the age of its pin';
+
+CREATE FUNCTION cow.lineage(db name) RETURNS SETOF cow.clones
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = db) THEN
+        RAISE EXCEPTION 'database "%" does not exist', db USING ERRCODE = 'invalid_catalog_name';
+    END IF;
+    RETURN QUERY
+    WITH RECURSIVE chain AS (
+        SELECT c.*, 0 AS hop FROM cow.clones c WHERE c.clone = db
+        UNION ALL
+        SELECT p.*, chain.hop + 1 FROM cow.clones p JOIN chain ON p.clone_oid = chain.source_oid
+    )
+    SELECT clone_oid, clone, source_oid, source, depth, status, clone_point_time,
+           clone_point_lsn, created_at, pin, pin_age
+      FROM chain ORDER BY hop;
+END
+$$;
+COMMENT ON FUNCTION cow.lineage(name) IS 'A database''s ancestry: itself, its source, and so on up the chain (empty if it is not a clone)';
+"#,
+    name = "lineage_views",
+    requires = [cow::clone_records],
 );

@@ -7,8 +7,18 @@
 use pgrx::prelude::*;
 
 mod api;
+mod catalog_copy;
+mod clone;
+mod compat;
 mod error;
+mod indexam;
+mod lineage;
+mod page;
 mod preload;
+mod relmap;
+mod snapshot;
+mod source;
+mod tableam;
 
 ::pgrx::pg_module_magic!(name, version);
 

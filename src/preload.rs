@@ -23,6 +23,7 @@ pub fn on_library_load() {
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     if preloading {
         LOADED_BY_POSTMASTER.store(true, Ordering::Relaxed);
+        crate::lineage::install_hooks();
     }
 }
 

@@ -222,6 +222,10 @@ impl Cluster {
         give_to_server_user(&conf_path)?;
         let started = run_captured(
             as_server_user(self.pg.tool("pg_ctl"))
+                // Servers see what production servers see: no Rust backtraces
+                // in error details, whatever the developer's shell sets.
+                .env("RUST_BACKTRACE", "0")
+                .env("RUST_LIB_BACKTRACE", "0")
                 .arg("-D")
                 .arg(self.data_dir())
                 .arg("-l")
@@ -308,6 +312,22 @@ impl Cluster {
         let mut cmd = self.client_command("psql", dbname);
         cmd.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql]);
         run_captured(&mut cmd, "psql")
+    }
+
+    /// Runs a SQL file through psql, stopping at the first error.
+    pub fn psql_file(&self, dbname: &str, path: &Path) -> Result<String> {
+        let mut cmd = self.client_command("psql", dbname);
+        cmd.args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-f"])
+            .arg(path);
+        run_captured(&mut cmd, "psql -f")
+    }
+
+    /// `pg_dump --schema-only` of a database.
+    pub fn schema_dump(&self, dbname: &str) -> Result<String> {
+        run_captured(
+            self.client_command("pg_dump", dbname).arg("--schema-only"),
+            "pg_dump",
+        )
     }
 
     /// How a person connects, for the CLI to print.

@@ -1,0 +1,456 @@
+//! `cow.clone` against real clusters: the clone's catalog is the source's as
+//! of the clone point, creation never disturbs the source, and every refusal
+//! leaves nothing behind.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use pg_test::extension::workspace_root;
+use pg_test::{start_test_cluster, Cluster};
+
+fn rich_schema() -> PathBuf {
+    workspace_root().join("pg_test/sql/rich_schema.sql")
+}
+
+/// A cluster with database `prod` holding the rich schema and cowclone.
+fn cluster_with_rich_source() -> Cluster {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
+    cluster.psql_file("prod", &rich_schema()).unwrap();
+    cluster
+}
+
+fn rows(cluster: &Cluster, db: &str, sql: &str) -> Vec<String> {
+    cluster
+        .psql(db, sql)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The dump of a clone differs from its source's only in the access
+/// methods shadowed relations use, and in pg_dump's random \restrict key.
+fn normalized_dump(cluster: &Cluster, db: &str) -> String {
+    let dump = cluster.schema_dump(db).unwrap();
+    dump.lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .map(|l| {
+            let mut line = l.replace(
+                "SET default_table_access_method = cow;",
+                "SET default_table_access_method = heap;",
+            );
+            for am in ["btree", "hash", "gist", "gin", "spgist", "brin"] {
+                line = line.replace(&format!("USING cow_{am} "), &format!("USING {am} "));
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Everything a clone leaves in a cluster, to prove a failure left nothing.
+#[derive(Debug, PartialEq, Eq)]
+struct Footprint {
+    databases: Vec<String>,
+    slots: Vec<String>,
+    state_files: BTreeSet<String>,
+    database_dirs: BTreeSet<String>,
+}
+
+fn footprint(cluster: &Cluster) -> Footprint {
+    let list_dir = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Footprint {
+        databases: rows(
+            cluster,
+            "postgres",
+            "SELECT datname FROM pg_database ORDER BY 1",
+        ),
+        slots: rows(
+            cluster,
+            "postgres",
+            "SELECT slot_name FROM pg_replication_slots ORDER BY 1",
+        ),
+        state_files: list_dir(&cluster.data_dir().join("pg_cowclone")),
+        database_dirs: list_dir(&cluster.data_dir().join("base")),
+    }
+}
+
+fn sqlstate(error: &postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map(|e| e.code().code().to_string())
+        .unwrap_or_else(|| format!("not a server error: {error}"))
+}
+
+fn catalog_checks_pass(cluster: &Cluster, db: &str) {
+    cluster
+        .psql(db, "CREATE EXTENSION IF NOT EXISTS amcheck")
+        .unwrap();
+    // Every catalog btree, checked with its heap (heapallindexed), and every catalog heap.
+    let checked = cluster
+        .psql(
+            db,
+            "SELECT count(bt_index_parent_check(oid, true)) FROM (SELECT c.oid FROM pg_class c \
+             WHERE c.relkind = 'i' AND c.oid < 16384 AND c.relam = 403 AND c.relpersistence = 'p' OFFSET 0) s",
+        )
+        .unwrap();
+    assert!(
+        checked.trim().parse::<i64>().unwrap() > 100,
+        "checked {checked} catalog indexes"
+    );
+    let problems = rows(
+        cluster,
+        db,
+        "SELECT s.relname || ': ' || v.msg FROM (SELECT c.oid, c.relname FROM pg_class c \
+         WHERE c.relkind IN ('r', 't') AND c.oid < 16384 AND c.relpersistence = 'p' OFFSET 0) s, \
+         LATERAL verify_heapam(s.oid) v",
+    );
+    assert!(problems.is_empty(), "verify_heapam on {db}: {problems:?}");
+}
+
+#[test]
+fn clone_reproduces_the_source_catalog() {
+    let cluster = cluster_with_rich_source();
+    cluster
+        .psql("postgres", "CREATE EXTENSION cowclone")
+        .unwrap();
+    let sequence_at_clone: i64 = cluster
+        .psql("prod", "SELECT last_value FROM app.ticket_seq")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let dump_before = normalized_dump(&cluster, "prod");
+
+    // Called from another database, while a session sits in the source.
+    let mut bystander = cluster.connect("prod").unwrap();
+    bystander
+        .batch_execute("BEGIN; SELECT count(*) FROM app.parent;")
+        .unwrap();
+    let mut admin = cluster.connect("postgres").unwrap();
+    let row = admin.query_one("SELECT clone, source, catalog_relations, shadowed_relations FROM cow.clone('prod', 'staging')", &[]).unwrap();
+    assert_eq!(row.get::<_, String>(0), "staging");
+    assert_eq!(row.get::<_, String>(1), "prod");
+    assert!(row.get::<_, i64>(2) > 200, "the whole catalog is copied");
+    assert!(
+        row.get::<_, i64>(3) > 20,
+        "user tables, toast tables and indexes are shadowed"
+    );
+    bystander.batch_execute("COMMIT").unwrap();
+
+    for (catalog, query) in [
+        ("pg_class", "SELECT oid, relname, relnamespace, reltype, reloftype, relfilenode, relkind, relpersistence, reltoastrelid FROM pg_class ORDER BY oid"),
+        ("pg_type", "SELECT oid, typname, typnamespace, typrelid, typelem, typarray, typbasetype FROM pg_type ORDER BY oid"),
+        ("pg_enum", "SELECT oid, enumtypid, enumsortorder, enumlabel FROM pg_enum ORDER BY oid"),
+        ("pg_attribute", "SELECT attrelid, attnum, attname, atttypid, attisdropped FROM pg_attribute ORDER BY 1, 2"),
+        ("pg_proc", "SELECT oid, proname, pronamespace, prorettype FROM pg_proc ORDER BY oid"),
+        ("pg_constraint", "SELECT oid, conname, conrelid, confrelid FROM pg_constraint ORDER BY oid"),
+        ("pg_policy", "SELECT oid, polname, polrelid FROM pg_policy ORDER BY oid"),
+        ("pg_collation", "SELECT oid, collname FROM pg_collation ORDER BY oid"),
+    ] {
+        assert_eq!(rows(&cluster, "prod", query), rows(&cluster, "staging", query), "{catalog} differs");
+    }
+    assert_eq!(
+        rows(&cluster, "postgres", "SELECT encoding, datcollate, datctype, datlocprovider FROM pg_database WHERE datname = 'prod'"),
+        rows(&cluster, "postgres", "SELECT encoding, datcollate, datctype, datlocprovider FROM pg_database WHERE datname = 'staging'"),
+    );
+    assert_eq!(
+        normalized_dump(&cluster, "staging"),
+        dump_before,
+        "schema-only dumps differ beyond access methods"
+    );
+    catalog_checks_pass(&cluster, "staging");
+
+    // Shadowed relations use cowclone's access methods; the rest is untouched.
+    let ams = rows(
+        &cluster,
+        "staging",
+        "SELECT DISTINCT c.relkind::text || ':' || a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam \
+         WHERE c.oid >= 16384 AND c.relkind IN ('r', 'm', 't', 'i') ORDER BY 1",
+    );
+    assert_eq!(
+        ams,
+        [
+            "i:cow_brin",
+            "i:cow_btree",
+            "i:cow_gin",
+            "i:cow_gist",
+            "i:cow_hash",
+            "i:cow_spgist",
+            "m:cow",
+            "r:cow",
+            "t:cow"
+        ]
+    );
+
+    // Until the read path exists, touching a shadowed table is a clear refusal, never rows.
+    let mut clone = cluster.connect("staging").unwrap();
+    for sql in [
+        "SELECT * FROM app.everything",
+        "SELECT count(*) FROM app.events",
+        "SET enable_seqscan = off; SELECT * FROM app.everything WHERE id = 3",
+        "INSERT INTO app.parent VALUES (100)",
+        "SELECT * FROM app.mood_counts",
+        "TRUNCATE app.child CASCADE",
+        "ANALYZE app.everything",
+    ] {
+        let error = clone.batch_execute(sql).unwrap_err();
+        assert_eq!(sqlstate(&error), "0A000", "{sql}: {error}");
+        clone.batch_execute("RESET ALL").unwrap();
+    }
+    // Sequences are copies: a value at least the one at the clone point.
+    let next: i64 = clone
+        .query_one("SELECT nextval('app.ticket_seq')", &[])
+        .unwrap()
+        .get(0);
+    assert!(next > sequence_at_clone, "{next} > {sequence_at_clone}");
+    // The clone is a real database: DDL, new tables, vacuum.
+    clone.batch_execute("CREATE TABLE scratchpad (i int PRIMARY KEY); INSERT INTO scratchpad SELECT generate_series(1, 100);").unwrap();
+    clone.batch_execute("VACUUM").unwrap();
+    let count: i64 = clone
+        .query_one("SELECT count(*) FROM scratchpad", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 100);
+    drop(clone);
+
+    // Lineage and pin.
+    let lineage = rows(
+        &cluster,
+        "postgres",
+        "SELECT clone, source, depth, status, pin, pin_age >= 0 FROM cow.clones",
+    );
+    assert_eq!(
+        lineage,
+        ["staging|prod|1|shadowed|cowclone_".to_string()
+            + &rows(
+                &cluster,
+                "postgres",
+                "SELECT oid FROM pg_database WHERE datname = 'staging'"
+            )[0]
+            + "|t"]
+    );
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT count(*) FROM cow.lineage('staging')"
+        ),
+        ["1"]
+    );
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT count(*) FROM cow.lineage('prod')"
+        ),
+        ["0"]
+    );
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT slot_type, xmin IS NOT NULL, restart_lsn IS NULL FROM pg_replication_slots"
+        ),
+        ["physical|t|t"],
+        "one persistent physical slot pinning xmin, reserving no WAL"
+    );
+    let error = admin
+        .query("SELECT * FROM cow.lineage('nope')", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "3D000");
+
+    // DROP DATABASE of the clone releases its pin and its record.
+    admin.batch_execute("DROP DATABASE staging").unwrap();
+    assert!(rows(
+        &cluster,
+        "postgres",
+        "SELECT slot_name FROM pg_replication_slots"
+    )
+    .is_empty());
+    assert!(rows(&cluster, "postgres", "SELECT * FROM cow.clones").is_empty());
+    assert!(footprint(&cluster).state_files.is_empty());
+}
+
+#[test]
+fn cloning_a_live_source_disturbs_nobody() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
+    let pgbench = cluster.pg.tool("pgbench");
+    let init = cluster
+        .client_command("pgbench", "prod")
+        .args(["-i", "-q", "-s", "5"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(pgbench.exists());
+
+    let load = cluster
+        .client_command("pgbench", "prod")
+        .args(["-c", "4", "-j", "2", "-T", "30", "-n"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut clones = Vec::new();
+    for i in 0..4 {
+        std::thread::sleep(Duration::from_secs(5));
+        let name = format!("branch_{i}");
+        let elapsed = cluster.psql(
+            "postgres",
+            &format!("SELECT elapsed_ms FROM cow.clone('prod', '{name}')"),
+        );
+        let elapsed = match elapsed {
+            Ok(ms) => ms,
+            Err(_) => cluster
+                .psql(
+                    "prod",
+                    &format!("SELECT elapsed_ms FROM cow.clone('prod', '{name}')"),
+                )
+                .unwrap(),
+        };
+        assert!(elapsed.trim().parse::<f64>().unwrap() > 0.0);
+        clones.push(name);
+    }
+    let output = load.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pgbench failed: {report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        report.contains("number of failed transactions: 0 (0.000%)"),
+        "{report}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains("aborted"),
+        "a client was disconnected"
+    );
+
+    for clone in &clones {
+        assert_eq!(
+            rows(&cluster, "prod", "SELECT oid, relname, relfilenode FROM pg_class WHERE relname LIKE 'pgbench%' ORDER BY 1"),
+            rows(&cluster, clone, "SELECT oid, relname, relfilenode FROM pg_class WHERE relname LIKE 'pgbench%' ORDER BY 1"),
+        );
+        catalog_checks_pass(&cluster, clone);
+    }
+    assert_eq!(
+        rows(&cluster, "prod", "SELECT count(*) FROM cow.clones"),
+        ["4"]
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster.psql("postgres", "CREATE DATABASE plain").unwrap();
+    cluster
+        .psql(
+            "prod",
+            "CREATE EXTENSION cowclone; CREATE TABLE t (i int); INSERT INTO t VALUES (1);",
+        )
+        .unwrap();
+    cluster
+        .psql(
+            "postgres",
+            "CREATE ROLE nobody LOGIN; CREATE ROLE builder LOGIN CREATEDB; CREATE ROLE outsider LOGIN CREATEDB; \
+             REVOKE CONNECT ON DATABASE prod FROM PUBLIC; GRANT CONNECT ON DATABASE prod TO builder;",
+        )
+        .unwrap();
+    let before = footprint(&cluster);
+
+    let mut client = cluster.connect("prod").unwrap();
+    let refusals = [
+        ("SELECT cow.clone('nope', 'x')", "3D000"),
+        ("SELECT cow.clone('prod', 'plain')", "42P04"),
+        ("SELECT cow.clone('prod', 'prod')", "22023"),
+        ("SELECT cow.clone('prod', '')", "22023"),
+        ("SELECT cow.clone('prod', repeat('x', 64))", "42622"),
+        ("SELECT cow.clone('plain', 'x')", "55000"),
+        ("BEGIN; SELECT cow.clone('prod', 'x')", "25001"),
+        ("SELECT cow.clone('prod', 'x'); SELECT 1", "25001"),
+    ];
+    for (sql, expected) in refusals {
+        let error = client.batch_execute(sql).unwrap_err();
+        assert_eq!(sqlstate(&error), expected, "{sql}: {error}");
+        client.batch_execute("ROLLBACK").unwrap();
+    }
+    let error = client
+        .batch_execute("SELECT cow.clone('plain', 'x')")
+        .unwrap_err();
+    let hint = error
+        .as_db_error()
+        .and_then(|e| e.hint())
+        .unwrap_or_default()
+        .to_string();
+    assert!(hint.contains("CREATE EXTENSION cowclone"), "{hint}");
+
+    for role in ["nobody", "outsider"] {
+        let mut as_role = postgres::Config::new()
+            .host_path(&cluster.dir)
+            .port(cluster.port())
+            .user(role)
+            .dbname("postgres")
+            .connect(postgres::NoTls)
+            .unwrap();
+        as_role.batch_execute("SET search_path = public").unwrap();
+        cluster
+            .psql("postgres", "CREATE EXTENSION IF NOT EXISTS cowclone")
+            .unwrap();
+        let error = as_role
+            .batch_execute("SELECT cow.clone('prod', 'x')")
+            .unwrap_err();
+        assert_eq!(sqlstate(&error), "42501", "{role}: {error}");
+    }
+    cluster.psql("postgres", "DROP EXTENSION cowclone").unwrap();
+    assert_eq!(footprint(&cluster), before, "refusals leave nothing behind");
+
+    // CREATEDB plus CONNECT on the source is enough; the clone belongs to its maker.
+    let mut builder = postgres::Config::new()
+        .host_path(&cluster.dir)
+        .port(cluster.port())
+        .user("builder")
+        .dbname("prod")
+        .connect(postgres::NoTls)
+        .unwrap();
+    builder
+        .batch_execute("SELECT cow.clone('prod', 'mine')")
+        .unwrap();
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'mine'"
+        ),
+        ["builder"]
+    );
+    let error = builder
+        .batch_execute("SELECT cow.clone('mine', 'grandchild')")
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&error),
+        "0A000",
+        "nested clones are refused for now: {error}"
+    );
+    cluster.psql("postgres", "DROP DATABASE mine").unwrap();
+    assert_eq!(footprint(&cluster), before);
+}

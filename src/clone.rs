@@ -1,0 +1,487 @@
+//! `cow.clone(source, target)`: creating a clone.
+//!
+//! Everything happens in the caller's single transaction, so the clone's
+//! `pg_database` row, and with it the clone, becomes visible only when it is
+//! complete. What a rollback cannot undo, the files of the new database and
+//! its state file, is removed by an abort callback registered here.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::time::Instant;
+
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use crate::catalog_copy::{self, AccessMethodSwitch};
+use crate::compat::{self, DatabaseLocale};
+use crate::error::CowError;
+use crate::indexam;
+use crate::lineage::{self, CloneRecord};
+use crate::preload;
+use crate::snapshot;
+use crate::source::{SourceDatabase, SourceRelation};
+
+const DEFAULT_TABLESPACE: u32 = 1663;
+const NAMEDATALEN: usize = 64;
+
+/// What `cow.clone` reports.
+pub struct CloneOutcome {
+    pub clone_oid: u32,
+    pub clone_point_lsn: String,
+    pub clone_point_time: i64,
+    pub catalog_relations: i64,
+    pub shadowed_relations: i64,
+    pub elapsed_ms: f64,
+}
+
+struct SourceInfo {
+    tablespace: pg_sys::Oid,
+    frozen_xid: pg_sys::TransactionId,
+    min_multi: pg_sys::MultiXactId,
+    locale: DatabaseLocale,
+}
+
+fn user_error(code: PgSqlErrorCode, message: String) -> CowError {
+    CowError::new(code, message)
+}
+
+fn validate_target_name(target: &str) {
+    if target.is_empty() {
+        user_error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "target database name must not be empty".into(),
+        )
+        .raise();
+    }
+    if target.len() >= NAMEDATALEN || target.contains('\0') {
+        user_error(
+            PgSqlErrorCode::ERRCODE_NAME_TOO_LONG,
+            format!("target database name \"{target}\" is too long"),
+        )
+        .detail(format!(
+            "Database names have at most {} bytes.",
+            NAMEDATALEN - 1
+        ))
+        .raise();
+    }
+}
+
+fn database_oid(name: &str) -> pg_sys::Oid {
+    let Ok(c_name) = CString::new(name) else {
+        return pg_sys::InvalidOid;
+    };
+    // SAFETY: a catalog lookup by name inside a transaction.
+    unsafe { pg_sys::get_database_oid(c_name.as_ptr(), true) }
+}
+
+fn check_privileges(source: pg_sys::Oid, source_name: &str) {
+    // SAFETY: plain privilege checks of the current user inside a transaction.
+    let allowed = unsafe {
+        pg_sys::superuser()
+            || (pg_sys::have_createdb_privilege()
+                && pg_sys::pg_database_aclcheck(
+                    source,
+                    pg_sys::GetUserId(),
+                    pg_sys::ACL_CONNECT as pg_sys::AclMode,
+                ) == pg_sys::AclResult::ACLCHECK_OK)
+    };
+    if !allowed {
+        user_error(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied to clone database \"{source_name}\""))
+            .detail("Cloning requires superuser, or the CREATEDB attribute plus CONNECT privilege on the source.")
+            .raise();
+    }
+}
+
+/// Reads what the clone needs of the source's `pg_database` row.
+fn source_info(oid: pg_sys::Oid, name: &str) -> SourceInfo {
+    // SAFETY: syscache lookup and release inside a transaction; the form is
+    // read before the tuple is released.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+            pg_sys::Datum::from(oid),
+        );
+        if tuple.is_null() {
+            user_error(
+                PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
+                format!("database \"{name}\" does not exist"),
+            )
+            .raise();
+        }
+        let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+        let info = SourceInfo {
+            tablespace: form.dattablespace,
+            frozen_xid: form.datfrozenxid,
+            min_multi: form.datminmxid,
+            locale: compat::database_locale(tuple),
+        };
+        pg_sys::ReleaseSysCache(tuple);
+        info
+    }
+}
+
+/// The cowclone access methods as OIDs of the source's catalog, keyed by
+/// the AM each replaces. Refuses a source without the extension.
+fn access_method_switch(
+    source: &SourceDatabase,
+    relations: &[SourceRelation],
+    snapshot: pg_sys::Snapshot,
+    source_name: &str,
+) -> AccessMethodSwitch {
+    let not_installed = || {
+        user_error(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("extension cowclone is not installed in database \"{source_name}\""),
+        )
+        .detail("The clone's catalog is a copy of the source's, and it needs cowclone's access methods.")
+        .hint(format!("Run CREATE EXTENSION cowclone in database \"{source_name}\" first."))
+        .raise()
+    };
+    if !source
+        .extensions(relations, snapshot)
+        .iter()
+        .any(|e| e == "cowclone")
+    {
+        not_installed();
+    }
+    let methods: HashMap<String, u32> = source
+        .access_methods(relations, snapshot)
+        .into_iter()
+        .map(|(oid, name)| (name, oid))
+        .collect();
+    let mut replacement = HashMap::new();
+    let cow = *methods.get("cow").unwrap_or_else(not_installed);
+    replacement.insert(u32::from(pg_sys::HEAP_TABLE_AM_OID), cow);
+    for (wrapper, wrapped, _) in indexam::WRAPPED {
+        let wrapper_oid = *methods.get(wrapper).unwrap_or_else(not_installed);
+        replacement.insert(wrapped, wrapper_oid);
+    }
+    AccessMethodSwitch { replacement }
+}
+
+/// Refuses sources with relations this version cannot shadow.
+fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
+    for rel in relations
+        .iter()
+        .filter(|r| !r.is_system() && r.persistence != b't')
+    {
+        if rel.tablespace != 0 && rel.tablespace != DEFAULT_TABLESPACE {
+            user_error(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "relation \"{}\" is in a tablespace other than pg_default",
+                    rel.name
+                ),
+            )
+            .detail("cowclone does not clone relations stored in other tablespaces yet.")
+            .raise();
+        }
+        let shadowed = catalog_copy::is_shadowed(rel.oid, rel.kind, rel.persistence);
+        if shadowed && !switch.replacement.contains_key(&rel.am) {
+            user_error(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "relation \"{}\" uses an access method cowclone cannot shadow",
+                    rel.name
+                ),
+            )
+            .detail("Tables must use heap; indexes btree, hash, gist, gin, spgist or brin.")
+            .raise();
+        }
+    }
+}
+
+/// The clone being built by this backend, for the abort callback.
+static mut PENDING_CLONE: Option<pg_sys::Oid> = None;
+static mut CALLBACK_REGISTERED: bool = false;
+
+fn register_pending(clone: pg_sys::Oid) {
+    // SAFETY: backend-local state, touched only by this single-threaded backend.
+    unsafe {
+        if !CALLBACK_REGISTERED {
+            pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut());
+            CALLBACK_REGISTERED = true;
+        }
+        PENDING_CLONE = Some(clone);
+    }
+}
+
+/// At commit the clone is complete; at abort its files are removed (with an
+/// `XLOG_DBASE_DROP` record, so a standby removes them too) and its state
+/// file deleted. The ephemeral slot is dropped by PostgreSQL itself.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    // SAFETY: backend-local state; the callback runs in this backend only.
+    let Some(clone) = (unsafe { PENDING_CLONE }) else {
+        return;
+    };
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            // SAFETY: as above.
+            unsafe { PENDING_CLONE = None };
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT => {
+            // SAFETY: as above.
+            unsafe { PENDING_CLONE = None };
+            remove_clone_files(clone);
+            lineage::remove_record(clone);
+        }
+        _ => {}
+    }
+}
+
+fn remove_clone_files(clone: pg_sys::Oid) {
+    let tablespace = pg_sys::Oid::from(DEFAULT_TABLESPACE);
+    let dir = crate::source::database_dir(clone, tablespace);
+    // SAFETY: the database never became visible, so nobody else uses its
+    // buffers or files; the WAL record is the one dropdb writes.
+    unsafe {
+        pg_sys::DropDatabaseBuffers(clone);
+        compat::forget_database_sync_requests(clone);
+        let mut record = compat::DatabaseDropRecord {
+            db_id: clone,
+            ntablespaces: 1,
+            tablespace,
+        };
+        pg_sys::XLogBeginInsert();
+        pg_sys::XLogRegisterData(
+            (&mut record as *mut compat::DatabaseDropRecord).cast(),
+            std::mem::size_of::<compat::DatabaseDropRecord>() as i32,
+        );
+        pg_sys::XLogInsert(
+            pg_sys::RmgrIds::RM_DBASE_ID as u8,
+            compat::XLOG_DBASE_DROP | pg_sys::XLR_SPECIAL_REL_UPDATE as u8,
+        );
+        let path = CString::new(dir.to_string_lossy().as_bytes()).expect("paths have no NUL");
+        pg_sys::rmtree(path.as_ptr(), true);
+    }
+}
+
+/// Creates the clone's database from template0 with the source's locale.
+fn create_database_shell(target: &str, locale: &DatabaseLocale) -> pg_sys::Oid {
+    let mut options: Vec<(&str, String)> = vec![
+        ("template", "template0".into()),
+        ("strategy", "wal_log".into()),
+    ];
+    options.extend(compat::locale_options(locale));
+    // SAFETY: builds a CreatedbStmt in the current memory context, as the
+    // parser would, and hands it to PostgreSQL's own createdb().
+    unsafe {
+        let mut list: *mut pg_sys::List = std::ptr::null_mut();
+        for (name, value) in options {
+            let name = pg_sys::pstrdup(CString::new(name).expect("no NUL").as_ptr());
+            let value = pg_sys::pstrdup(
+                CString::new(value)
+                    .expect("locale names have no NUL")
+                    .as_ptr(),
+            );
+            let elem =
+                pg_sys::makeDefElem(name, pg_sys::makeString(value) as *mut pg_sys::Node, -1);
+            list = pg_sys::lappend(list, elem.cast());
+        }
+        let stmt = pg_sys::palloc0(std::mem::size_of::<pg_sys::CreatedbStmt>())
+            as *mut pg_sys::CreatedbStmt;
+        (*stmt).type_ = pg_sys::NodeTag::T_CreatedbStmt;
+        (*stmt).dbname = pg_sys::pstrdup(CString::new(target).expect("validated").as_ptr());
+        (*stmt).options = list;
+        let oid = pg_sys::createdb(pg_sys::make_parsestate(std::ptr::null_mut()), stmt);
+        pg_sys::CommandCounterIncrement();
+        oid
+    }
+}
+
+/// The clone's catalog holds the source's tuples, so its `pg_database` row
+/// must promise no newer xids than the source's does.
+fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
+    // SAFETY: updates this transaction's own, not yet committed, pg_database row.
+    unsafe {
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::RowExclusiveLock as i32);
+        let cached = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+            pg_sys::Datum::from(clone),
+        );
+        if cached.is_null() {
+            CowError::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "the new database's row is missing",
+            )
+            .raise();
+        }
+        let tuple = pg_sys::heap_copytuple(cached);
+        pg_sys::ReleaseSysCache(cached);
+        let form = &mut *pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+        form.datfrozenxid = info.frozen_xid;
+        form.datminmxid = info.min_multi;
+        pg_sys::CatalogTupleUpdate(rel, &mut (*tuple).t_self, tuple);
+        pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
+/// Local storage for shadowed relations (empty) and copies of sequences.
+fn create_local_storage(
+    clone: pg_sys::Oid,
+    source: &SourceDatabase,
+    relations: &[SourceRelation],
+) -> i64 {
+    let tablespace = pg_sys::Oid::from(DEFAULT_TABLESPACE);
+    let mut shadowed = 0;
+    for rel in relations
+        .iter()
+        .filter(|r| !r.is_system() && r.persistence != b't' && r.has_storage())
+    {
+        let locator = compat::rel_locator(tablespace, clone, pg_sys::Oid::from(rel.relfilenode));
+        // SAFETY: the clone's directory has no file at a user relfilenode
+        // (template0's files are all below 16384); files are removed on abort.
+        unsafe {
+            pg_sys::RelationCreateStorage(locator, rel.persistence as std::ffi::c_char, true)
+        };
+        let unlogged = rel.persistence == b'u';
+        if rel.kind == b'S' {
+            let from = source.locator(rel.relfilenode);
+            let main = pg_sys::ForkNumber::MAIN_FORKNUM;
+            catalog_copy::write_pages(
+                locator,
+                main,
+                &catalog_copy::copy_fork_raw(from, main, rel.oid),
+            );
+            if unlogged {
+                // SAFETY: the main fork exists now.
+                unsafe { compat::create_init_fork(locator) };
+                let init = pg_sys::ForkNumber::INIT_FORKNUM;
+                catalog_copy::write_pages(
+                    locator,
+                    init,
+                    &catalog_copy::copy_fork_raw(from, init, rel.oid),
+                );
+            }
+        } else {
+            if unlogged {
+                // SAFETY: the main fork exists now.
+                unsafe { compat::create_init_fork(locator) };
+            }
+            shadowed += 1;
+        }
+    }
+    shadowed
+}
+
+pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
+    let started = Instant::now();
+    preload::require_preloaded();
+    // SAFETY: the same check CREATE DATABASE makes (SQLSTATE 25001).
+    unsafe { pg_sys::PreventInTransactionBlock(true, c"cow.clone()".as_ptr()) };
+    validate_target_name(target);
+    let source_oid = database_oid(source_name);
+    if source_oid == pg_sys::InvalidOid {
+        user_error(
+            PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
+            format!("database \"{source_name}\" does not exist"),
+        )
+        .raise();
+    }
+    if source_name == target {
+        user_error(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "source and target must be different databases".into(),
+        )
+        .raise();
+    }
+    if database_oid(target) != pg_sys::InvalidOid {
+        user_error(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_DATABASE,
+            format!("database \"{target}\" already exists"),
+        )
+        .raise();
+    }
+    check_privileges(source_oid, source_name);
+
+    // Hold the source against DROP DATABASE (which takes AccessExclusiveLock)
+    // until commit, then make sure it did not vanish before we got the lock.
+    // SAFETY: a lock on a shared object, released at transaction end.
+    unsafe {
+        pg_sys::LockSharedObject(
+            pg_sys::DatabaseRelationId,
+            source_oid,
+            0,
+            pg_sys::ShareLock as i32,
+        )
+    };
+    let info = source_info(source_oid, source_name);
+    if lineage::read_record(source_oid).is_some() {
+        user_error(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("database \"{source_name}\" is itself a clone"),
+        )
+        .detail("Cloning a clone is not supported yet.")
+        .hint("Clone the original source database instead.")
+        .raise();
+    }
+    if u32::from(info.tablespace) != DEFAULT_TABLESPACE {
+        user_error(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("database \"{source_name}\" is not in tablespace pg_default"),
+        )
+        .detail("cowclone does not clone databases stored in other tablespaces yet.")
+        .raise();
+    }
+    let source = SourceDatabase::open(source_oid, info.tablespace);
+
+    // Refuse what cannot be cloned before creating anything.
+    // SAFETY: a fresh MVCC snapshot, registered for the duration of the check.
+    let preview =
+        snapshot::HeldSnapshot(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) });
+    let relations = source.relations(preview.0);
+    let switch = access_method_switch(&source, &relations, preview.0, source_name);
+    check_supported(&relations, &switch);
+    drop(preview);
+
+    let clone = create_database_shell(target, &info.locale);
+    register_pending(clone);
+    inherit_frozen_horizons(clone, &info);
+
+    let (clone_point, point) = snapshot::pin_and_take(clone);
+    let relations = source.relations(clone_point.0);
+    let switch = access_method_switch(&source, &relations, clone_point.0, source_name);
+    check_supported(&relations, &switch);
+    let copies = catalog_copy::copy_catalog(&source, &relations, clone_point.0, &switch);
+
+    // SAFETY: nobody can use the clone before commit; template0's pages copied
+    // by createdb are discarded before the files are rewritten underneath them.
+    unsafe { pg_sys::DropDatabaseBuffers(clone) };
+    catalog_copy::write_catalog(clone, pg_sys::Oid::from(DEFAULT_TABLESPACE), &copies);
+    // SAFETY: both databases live in pg_default; the clone is not in use.
+    unsafe { compat::copy_relation_map(source_oid, clone, pg_sys::Oid::from(DEFAULT_TABLESPACE)) };
+    if SourceDatabase::open(source_oid, info.tablespace).relation_map != source.relation_map {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "a catalog of the source was rewritten during the clone",
+        )
+        .hint("Retry the clone.")
+        .raise();
+    }
+    let shadowed = create_local_storage(clone, &source, &relations);
+    drop(clone_point);
+
+    lineage::write_record(&CloneRecord {
+        clone: u32::from(clone),
+        source: u32::from(source_oid),
+        source_name: source_name.to_string(),
+        depth: 1,
+        point: point.clone(),
+        // SAFETY: reads the clock.
+        created_at: unsafe { pg_sys::GetCurrentTimestamp() },
+    });
+    snapshot::persist_pin();
+
+    CloneOutcome {
+        clone_oid: u32::from(clone),
+        clone_point_lsn: lineage::format_lsn(point.lsn),
+        clone_point_time: point.taken_at,
+        catalog_relations: copies.len() as i64,
+        shadowed_relations: shadowed,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
+    }
+}

@@ -1,0 +1,234 @@
+//! What cowclone remembers about each clone, and forgetting it when the
+//! clone is dropped.
+//!
+//! One state file per clone in `$PGDATA/pg_cowclone/<clone oid>.state`
+//! (magic, then a postcard-encoded `CloneRecord`), written durably before the
+//! cloning transaction commits, plus the clone's pin (slot
+//! `cowclone_<clone oid>`). Records whose database does not exist are
+//! ignored by the views; `DROP DATABASE` of a clone removes both.
+
+use std::ffi::CStr;
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use serde::{Deserialize, Serialize};
+
+use crate::error::CowError;
+use crate::snapshot::{self, ClonePoint};
+
+const MAGIC: &[u8; 8] = b"COWCLON1";
+const STATE_DIR: &str = "pg_cowclone";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneRecord {
+    pub clone: u32,
+    pub source: u32,
+    /// The source's name when the clone was made, shown if it is dropped since.
+    pub source_name: String,
+    pub depth: u32,
+    pub point: ClonePoint,
+    pub created_at: i64,
+}
+
+impl CloneRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(postcard::to_allocvec(self).expect("a record always serializes"));
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let body = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("not a cowclone state file")?;
+        postcard::from_bytes(body).map_err(|e| e.to_string())
+    }
+}
+
+fn state_dir() -> PathBuf {
+    // SAFETY: DataDir is set once at startup and never freed.
+    let data_dir = unsafe { CStr::from_ptr(pg_sys::DataDir) }
+        .to_string_lossy()
+        .into_owned();
+    PathBuf::from(data_dir).join(STATE_DIR)
+}
+
+pub fn state_path(clone: pg_sys::Oid) -> PathBuf {
+    state_dir().join(format!("{}.state", u32::from(clone)))
+}
+
+fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> ! {
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_IO_ERROR,
+        format!("could not {what} \"{}\": {e}", path.display()),
+    )
+    .raise()
+}
+
+/// Writes a record durably: temporary file, fsync, rename, fsync directory.
+pub fn write_record(record: &CloneRecord) {
+    let dir = state_dir();
+    fs::create_dir_all(&dir).unwrap_or_else(|e| io_error("create directory", &dir, e));
+    let path = state_path(pg_sys::Oid::from(record.clone));
+    let temporary = path.with_extension("tmp");
+    let mut file =
+        fs::File::create(&temporary).unwrap_or_else(|e| io_error("create file", &temporary, e));
+    file.write_all(&record.encode())
+        .unwrap_or_else(|e| io_error("write file", &temporary, e));
+    file.sync_all()
+        .unwrap_or_else(|e| io_error("fsync file", &temporary, e));
+    fs::rename(&temporary, &path).unwrap_or_else(|e| io_error("rename file", &temporary, e));
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .unwrap_or_else(|e| io_error("fsync directory", &dir, e));
+}
+
+pub fn read_record(clone: pg_sys::Oid) -> Option<CloneRecord> {
+    let bytes = fs::read(state_path(clone)).ok()?;
+    CloneRecord::decode(&bytes).ok()
+}
+
+/// Every record on disk, whether or not its clone still exists.
+pub fn all_records() -> Vec<CloneRecord> {
+    let Ok(entries) = fs::read_dir(state_dir()) else {
+        return Vec::new();
+    };
+    let mut records: Vec<CloneRecord> = entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            (path.extension()? == "state").then_some(())?;
+            CloneRecord::decode(&fs::read(path).ok()?).ok()
+        })
+        .collect();
+    records.sort_by_key(|r| r.clone);
+    records
+}
+
+pub fn remove_record(clone: pg_sys::Oid) {
+    let path = state_path(clone);
+    if let Err(e) = fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            pgrx::warning!("cowclone: could not remove \"{}\": {e}", path.display());
+        }
+    }
+}
+
+/// Forgets a clone: its pin and its record. Called after its database is gone.
+pub fn forget_clone(clone: pg_sys::Oid) {
+    if read_record(clone).is_none() {
+        return;
+    }
+    let dropped_pin = snapshot::drop_pin(clone);
+    remove_record(clone);
+    pgrx::log!(
+        "cowclone: clone {} dropped; pin released: {dropped_pin}",
+        u32::from(clone)
+    );
+}
+
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// Installs the utility hook; only ever called from the postmaster's `_PG_init`.
+pub fn install_hooks() {
+    // SAFETY: _PG_init runs once, single-threaded, before any backend exists.
+    unsafe {
+        PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    let dropped = unsafe {
+        let node = (*pstmt).utilityStmt;
+        if (*node).type_ == pg_sys::NodeTag::T_DropdbStmt {
+            let stmt = node as *mut pg_sys::DropdbStmt;
+            Some(pg_sys::get_database_oid((*stmt).dbname, true))
+        } else {
+            None
+        }
+    };
+    // SAFETY: the arguments are passed through unchanged to the next hook or
+    // to standard_ProcessUtility, as every utility hook must; the previous
+    // hook is called inside pg_guard_ffi_boundary, which catches its longjmp.
+    #[allow(ffi_unwind_calls)]
+    unsafe {
+        match PREVIOUS_PROCESS_UTILITY {
+            Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                previous(
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc,
+                )
+            }),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+    if let Some(database) = dropped.filter(|oid| *oid != pg_sys::InvalidOid) {
+        forget_clone(database);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_reject_foreign_files() {
+        let record = CloneRecord {
+            clone: 16500,
+            source: 16384,
+            source_name: "prod".into(),
+            depth: 1,
+            point: ClonePoint {
+                xmin: 740,
+                xmax: 745,
+                running: vec![741, 743],
+                lsn: 0x1_6B37_4D48,
+                taken_at: 1_000_000,
+            },
+            created_at: 1_000_100,
+        };
+        assert_eq!(CloneRecord::decode(&record.encode()).unwrap(), record);
+        assert!(CloneRecord::decode(b"something else").is_err());
+        assert!(CloneRecord::decode(&record.encode()[..12]).is_err());
+    }
+
+    #[test]
+    fn lsns_print_like_postgres() {
+        assert_eq!(format_lsn(0x1_6B37_4D48), "1/6B374D48");
+        assert_eq!(format_lsn(0), "0/0");
+    }
+}

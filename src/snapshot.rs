@@ -1,0 +1,158 @@
+//! The clone point T and the pin that keeps it readable.
+//!
+//! A backend's snapshot holds back vacuum only in its own database, and the
+//! cloning backend may be connected anywhere. So every clone owns a physical
+//! replication slot whose `xmin` is T's xmin: slots hold back every
+//! database's horizon, survive restarts and show in `pg_replication_slots`.
+//!
+//! Order matters (see docs/ARCHITECTURE.md, "Pin before taking T"): the slot
+//! first gets a conservative xmin under ProcArrayLock, the way logical slot
+//! creation does, then T is taken, then the pin moves up to T's xmin.
+
+use pgrx::{pg_sys, PgSqlErrorCode};
+use serde::{Deserialize, Serialize};
+
+use crate::compat;
+use crate::error::CowError;
+
+/// T as stored: never depends on pg_subtrans later, because running
+/// subtransactions are listed explicitly in `running`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClonePoint {
+    pub xmin: u32,
+    pub xmax: u32,
+    /// Every transaction (top-level or sub) running at T.
+    pub running: Vec<u32>,
+    pub lsn: u64,
+    /// TimestampTz (microseconds since 2000-01-01).
+    pub taken_at: i64,
+}
+
+pub fn slot_name(clone: pg_sys::Oid) -> String {
+    format!("cowclone_{}", u32::from(clone))
+}
+
+/// A registered snapshot, unregistered when dropped.
+pub struct HeldSnapshot(pub pg_sys::Snapshot);
+
+impl Drop for HeldSnapshot {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: the snapshot was registered by `pin_and_take`; unregistering cannot raise.
+            unsafe { pg_sys::UnregisterSnapshot(self.0) };
+        }
+    }
+}
+
+/// Sets the acquired slot's xmin.
+///
+/// # Safety
+/// This backend must have acquired a slot (MyReplicationSlot).
+unsafe fn set_slot_xmin(xmin: pg_sys::TransactionId) {
+    // SAFETY: guaranteed by the caller; the slot's spinlock guards its fields.
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        (*slot).effective_xmin = xmin;
+        (*slot).data.xmin = xmin;
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+    }
+}
+
+/// Creates the clone's ephemeral slot, pins conservatively, takes T, and pins T.
+pub fn pin_and_take(clone: pg_sys::Oid) -> (HeldSnapshot, ClonePoint) {
+    // SAFETY: runs in a backend inside a transaction, with no slot acquired
+    // (cow.clone refuses to run otherwise); every call below is the public
+    // API logical slot creation uses in the same order.
+    unsafe {
+        pg_sys::CheckSlotRequirements();
+        if !pg_sys::MyReplicationSlot.is_null() {
+            CowError::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                "this session already holds a replication slot",
+            )
+            .raise();
+        }
+        compat::create_ephemeral_slot(&slot_name(clone));
+
+        let lock = compat::proc_array_lock();
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let conservative = pg_sys::GetOldestSafeDecodingTransactionId(false);
+        set_slot_xmin(conservative);
+        pg_sys::ReplicationSlotsComputeRequiredXmin(true);
+        pg_sys::LWLockRelease(lock);
+
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let held = HeldSnapshot(snapshot);
+        set_slot_xmin((*snapshot).xmin);
+        pg_sys::ReplicationSlotsComputeRequiredXmin(false);
+
+        let point = ClonePoint {
+            xmin: u32::from((*snapshot).xmin),
+            xmax: u32::from((*snapshot).xmax),
+            running: running_transactions(snapshot),
+            lsn: pg_sys::GetXLogInsertRecPtr(),
+            taken_at: pg_sys::GetCurrentTimestamp(),
+        };
+        (held, point)
+    }
+}
+
+/// T's running transactions with subtransactions resolved now, while this
+/// backend's snapshot still keeps pg_subtrans for them.
+///
+/// # Safety
+/// `snapshot` must be a registered MVCC snapshot.
+unsafe fn running_transactions(snapshot: pg_sys::Snapshot) -> Vec<u32> {
+    // SAFETY: guaranteed by the caller; xip/subxip hold xcnt/subxcnt entries.
+    unsafe {
+        let snap = &*snapshot;
+        let top: Vec<u32> = (0..snap.xcnt as usize)
+            .map(|i| u32::from(*snap.xip.add(i)))
+            .collect();
+        let mut running = top.clone();
+        if !snap.suboverflowed {
+            running
+                .extend((0..snap.subxcnt.max(0) as usize).map(|i| u32::from(*snap.subxip.add(i))));
+        } else {
+            let first_normal = u32::from(pg_sys::FirstNormalTransactionId);
+            let mut xid = u32::from(snap.xmin);
+            while xid != u32::from(snap.xmax) {
+                if !top.contains(&xid) && xid >= first_normal {
+                    let parent = u32::from(pg_sys::SubTransGetTopmostTransaction(xid.into()));
+                    if parent != xid && top.contains(&parent) {
+                        running.push(xid);
+                    }
+                }
+                xid = xid.wrapping_add(1);
+            }
+        }
+        running.sort_unstable();
+        running
+    }
+}
+
+/// Makes the clone's slot survive restarts and lets go of it.
+pub fn persist_pin() {
+    // SAFETY: called once at the end of cow.clone, while this backend holds
+    // the ephemeral slot created by pin_and_take.
+    unsafe {
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotPersist();
+        pg_sys::ReplicationSlotRelease();
+    }
+}
+
+/// Drops a clone's slot if it exists.
+pub fn drop_pin(clone: pg_sys::Oid) -> bool {
+    let name = std::ffi::CString::new(slot_name(clone)).expect("no NUL");
+    // SAFETY: looking a slot up by name takes its own locks; dropping needs no
+    // slot acquired by this backend, which holds none outside cow.clone.
+    unsafe {
+        if pg_sys::SearchNamedReplicationSlot(name.as_ptr(), true).is_null() {
+            return false;
+        }
+        pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
+    }
+    true
+}
