@@ -19,6 +19,7 @@ use crate::lineage::{self, CloneRecord};
 use crate::preload;
 use crate::snapshot;
 use crate::source::{SourceDatabase, SourceRelation};
+use crate::{failpoint, reconcile};
 
 const DEFAULT_TABLESPACE: u32 = 1663;
 const NAMEDATALEN: usize = 64;
@@ -190,49 +191,60 @@ fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
     }
 }
 
-/// The clone being built by this backend, for the abort callback.
-static mut PENDING_CLONE: Option<pg_sys::Oid> = None;
+/// The clone being built by this backend, for the transaction callback.
+#[derive(Clone, Copy)]
+struct Pending {
+    clone: pg_sys::Oid,
+    /// Once persisted, the pin is no longer dropped by PostgreSQL on error.
+    pin_persisted: bool,
+}
+
+static mut PENDING_CLONE: Option<Pending> = None;
 static mut CALLBACK_REGISTERED: bool = false;
 
-fn register_pending(clone: pg_sys::Oid) {
+fn set_pending(pending: Option<Pending>) {
     // SAFETY: backend-local state, touched only by this single-threaded backend.
     unsafe {
-        if !CALLBACK_REGISTERED {
+        if pending.is_some() && !CALLBACK_REGISTERED {
             pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut());
             CALLBACK_REGISTERED = true;
         }
-        PENDING_CLONE = Some(clone);
+        PENDING_CLONE = pending;
     }
 }
 
 /// At commit the clone is complete; at abort its files are removed (with an
-/// `XLOG_DBASE_DROP` record, so a standby removes them too) and its state
-/// file deleted. The ephemeral slot is dropped by PostgreSQL itself.
+/// `XLOG_DBASE_DROP` record, so a standby removes them too), its state file
+/// deleted and its pin dropped if it was already persisted (an ephemeral one
+/// PostgreSQL drops itself).
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_transaction_end(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
     // SAFETY: backend-local state; the callback runs in this backend only.
-    let Some(clone) = (unsafe { PENDING_CLONE }) else {
+    let Some(pending) = (unsafe { PENDING_CLONE }) else {
         return;
     };
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
-            // SAFETY: as above.
-            unsafe { PENDING_CLONE = None };
+            set_pending(None);
+            reconcile::unmark_building(pending.clone);
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT => {
-            // SAFETY: as above.
-            unsafe { PENDING_CLONE = None };
-            remove_clone_files(clone);
-            lineage::remove_record(clone);
+            set_pending(None);
+            remove_clone_files(pending.clone);
+            lineage::remove_record(pending.clone);
+            if pending.pin_persisted {
+                snapshot::drop_pin(pending.clone);
+            }
+            reconcile::unmark_building(pending.clone);
         }
         _ => {}
     }
 }
 
-fn remove_clone_files(clone: pg_sys::Oid) {
+pub fn remove_clone_files(clone: pg_sys::Oid) {
     let tablespace = pg_sys::Oid::from(DEFAULT_TABLESPACE);
     let dir = crate::source::database_dir(clone, tablespace);
     // SAFETY: the database never became visible, so nobody else uses its
@@ -373,6 +385,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     preload::require_preloaded();
     // SAFETY: the same check CREATE DATABASE makes (SQLSTATE 25001).
     unsafe { pg_sys::PreventInTransactionBlock(true, c"cow.clone()".as_ptr()) };
+    reconcile::remove_interrupted_clones();
     validate_target_name(target);
     let source_oid = database_oid(source_name);
     if source_oid == pg_sys::InvalidOid {
@@ -439,10 +452,16 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     drop(preview);
 
     let clone = create_database_shell(target, &info.locale);
-    register_pending(clone);
+    set_pending(Some(Pending {
+        clone,
+        pin_persisted: false,
+    }));
+    reconcile::mark_building(clone);
     inherit_frozen_horizons(clone, &info);
+    failpoint::reached("after_createdb");
 
     let (clone_point, point) = snapshot::pin_and_take(clone);
+    failpoint::reached("after_pin");
     let relations = source.relations(clone_point.0);
     let switch = access_method_switch(&source, &relations, clone_point.0, source_name);
     check_supported(&relations, &switch);
@@ -464,6 +483,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     }
     let shadowed = create_local_storage(clone, &source, &relations);
     drop(clone_point);
+    failpoint::reached("after_catalog_copy");
 
     lineage::write_record(&CloneRecord {
         clone: u32::from(clone),
@@ -475,6 +495,11 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         created_at: unsafe { pg_sys::GetCurrentTimestamp() },
     });
     snapshot::persist_pin();
+    set_pending(Some(Pending {
+        clone,
+        pin_persisted: true,
+    }));
+    failpoint::reached("before_commit");
 
     CloneOutcome {
         clone_oid: u32::from(clone),

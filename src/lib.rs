@@ -11,14 +11,17 @@ mod catalog_copy;
 mod clone;
 mod compat;
 mod error;
+mod failpoint;
 mod indexam;
 mod lineage;
 mod page;
 mod preload;
+mod reconcile;
 mod relmap;
 mod snapshot;
 mod source;
 mod tableam;
+mod workers;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -68,22 +68,49 @@ fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> ! {
     .raise()
 }
 
-/// Writes a record durably: temporary file, fsync, rename, fsync directory.
-pub fn write_record(record: &CloneRecord) {
+/// Writes a file durably: temporary file, fsync, rename, fsync directory.
+pub fn write_file(path: &std::path::Path, contents: &[u8]) {
     let dir = state_dir();
     fs::create_dir_all(&dir).unwrap_or_else(|e| io_error("create directory", &dir, e));
-    let path = state_path(pg_sys::Oid::from(record.clone));
     let temporary = path.with_extension("tmp");
     let mut file =
         fs::File::create(&temporary).unwrap_or_else(|e| io_error("create file", &temporary, e));
-    file.write_all(&record.encode())
+    file.write_all(contents)
         .unwrap_or_else(|e| io_error("write file", &temporary, e));
     file.sync_all()
         .unwrap_or_else(|e| io_error("fsync file", &temporary, e));
-    fs::rename(&temporary, &path).unwrap_or_else(|e| io_error("rename file", &temporary, e));
+    fs::rename(&temporary, path).unwrap_or_else(|e| io_error("rename file", &temporary, e));
     fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .unwrap_or_else(|e| io_error("fsync directory", &dir, e));
+}
+
+pub fn write_record(record: &CloneRecord) {
+    write_file(
+        &state_path(pg_sys::Oid::from(record.clone)),
+        &record.encode(),
+    );
+}
+
+/// Where `cow.clone` marks a clone as being built (see `reconcile`).
+pub fn marker_path(clone: pg_sys::Oid) -> PathBuf {
+    state_dir().join(format!("{}.building", u32::from(clone)))
+}
+
+/// (clone, building transaction) for every marker on disk.
+pub fn building_markers() -> Vec<(pg_sys::Oid, u32)> {
+    let Ok(entries) = fs::read_dir(state_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            (path.extension()? == "building").then_some(())?;
+            let clone = path.file_stem()?.to_str()?.parse::<u32>().ok()?;
+            let xid = fs::read_to_string(&path).ok()?.trim().parse::<u32>().ok()?;
+            Some((pg_sys::Oid::from(clone), xid))
+        })
+        .collect()
 }
 
 pub fn read_record(clone: pg_sys::Oid) -> Option<CloneRecord> {

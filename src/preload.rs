@@ -24,6 +24,8 @@ pub fn on_library_load() {
     if preloading {
         LOADED_BY_POSTMASTER.store(true, Ordering::Relaxed);
         crate::lineage::install_hooks();
+        crate::failpoint::define_setting();
+        crate::workers::register();
     }
 }
 

@@ -258,6 +258,34 @@ impl Cluster {
         .map(|_| ())
     }
 
+    /// Simulates a machine crash: SIGKILL to the postmaster and every
+    /// process it started, then waits until they are all gone.
+    pub fn crash(&mut self) -> Result<()> {
+        let pid_file = fs::read_to_string(self.data_dir().join("postmaster.pid"))?;
+        let postmaster: u32 = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| Error("postmaster.pid has no pid".into()))?;
+        let mut victims = children_of(postmaster);
+        victims.push(postmaster);
+        let mut kill = Command::new("kill");
+        kill.arg("-9").args(victims.iter().map(|p| p.to_string()));
+        let _ = kill.output();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while victims
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("processes of the crashed cluster did not exit");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.running = false;
+        Ok(())
+    }
+
     pub fn is_running(&self) -> bool {
         as_server_user(self.pg.tool("pg_ctl"))
             .arg("-D")
@@ -351,6 +379,27 @@ impl Drop for Cluster {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Direct children of a process, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit_once(')')
+                        .map(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string))
+                })
+                .flatten()
+                .and_then(|ppid| ppid.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .collect()
 }
 
 /// Creates DIR if needed and makes sure the server user can write it.

@@ -2,11 +2,13 @@
 //! of the clone point, creation never disturbs the source, and every refusal
 //! leaves nothing behind.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+mod common;
+
+use common::{catalog_checks_pass, footprint, normalized_dump, rows, sqlstate};
 use pg_test::extension::workspace_root;
 use pg_test::{start_test_cluster, Cluster};
 
@@ -21,103 +23,6 @@ fn cluster_with_rich_source() -> Cluster {
     cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
     cluster.psql_file("prod", &rich_schema()).unwrap();
     cluster
-}
-
-fn rows(cluster: &Cluster, db: &str, sql: &str) -> Vec<String> {
-    cluster
-        .psql(db, sql)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// The dump of a clone differs from its source's only in the access
-/// methods shadowed relations use, and in pg_dump's random \restrict key.
-fn normalized_dump(cluster: &Cluster, db: &str) -> String {
-    let dump = cluster.schema_dump(db).unwrap();
-    dump.lines()
-        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-        .map(|l| {
-            let mut line = l.replace(
-                "SET default_table_access_method = cow;",
-                "SET default_table_access_method = heap;",
-            );
-            for am in ["btree", "hash", "gist", "gin", "spgist", "brin"] {
-                line = line.replace(&format!("USING cow_{am} "), &format!("USING {am} "));
-            }
-            line
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Everything a clone leaves in a cluster, to prove a failure left nothing.
-#[derive(Debug, PartialEq, Eq)]
-struct Footprint {
-    databases: Vec<String>,
-    slots: Vec<String>,
-    state_files: BTreeSet<String>,
-    database_dirs: BTreeSet<String>,
-}
-
-fn footprint(cluster: &Cluster) -> Footprint {
-    let list_dir = |dir: &Path| -> BTreeSet<String> {
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    Footprint {
-        databases: rows(
-            cluster,
-            "postgres",
-            "SELECT datname FROM pg_database ORDER BY 1",
-        ),
-        slots: rows(
-            cluster,
-            "postgres",
-            "SELECT slot_name FROM pg_replication_slots ORDER BY 1",
-        ),
-        state_files: list_dir(&cluster.data_dir().join("pg_cowclone")),
-        database_dirs: list_dir(&cluster.data_dir().join("base")),
-    }
-}
-
-fn sqlstate(error: &postgres::Error) -> String {
-    error
-        .as_db_error()
-        .map(|e| e.code().code().to_string())
-        .unwrap_or_else(|| format!("not a server error: {error}"))
-}
-
-fn catalog_checks_pass(cluster: &Cluster, db: &str) {
-    cluster
-        .psql(db, "CREATE EXTENSION IF NOT EXISTS amcheck")
-        .unwrap();
-    // Every catalog btree, checked with its heap (heapallindexed), and every catalog heap.
-    let checked = cluster
-        .psql(
-            db,
-            "SELECT count(bt_index_parent_check(oid, true)) FROM (SELECT c.oid FROM pg_class c \
-             WHERE c.relkind = 'i' AND c.oid < 16384 AND c.relam = 403 AND c.relpersistence = 'p' OFFSET 0) s",
-        )
-        .unwrap();
-    assert!(
-        checked.trim().parse::<i64>().unwrap() > 100,
-        "checked {checked} catalog indexes"
-    );
-    let problems = rows(
-        cluster,
-        db,
-        "SELECT s.relname || ': ' || v.msg FROM (SELECT c.oid, c.relname FROM pg_class c \
-         WHERE c.relkind IN ('r', 't') AND c.oid < 16384 AND c.relpersistence = 'p' OFFSET 0) s, \
-         LATERAL verify_heapam(s.oid) v",
-    );
-    assert!(problems.is_empty(), "verify_heapam on {db}: {problems:?}");
 }
 
 #[test]

@@ -1,0 +1,146 @@
+//! A clone interrupted at any point, by an error or by a crash of the whole
+//! server, leaves nothing behind once the server is back; the retry succeeds.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{catalog_checks_pass, footprint, rows, sqlstate, Footprint};
+use pg_test::{start_test_cluster, Cluster};
+
+const POINTS: [&str; 4] = [
+    "after_createdb",
+    "after_pin",
+    "after_catalog_copy",
+    "before_commit",
+];
+
+fn cluster_with_source() -> Cluster {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql("prod", "CREATE EXTENSION cowclone; CREATE TABLE t (i int PRIMARY KEY, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g;")
+        .unwrap();
+    cluster
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn retry_succeeds(cluster: &Cluster, before: &Footprint) {
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    catalog_checks_pass(cluster, "staging");
+    let after = footprint(cluster);
+    assert_eq!(after.databases.len(), before.databases.len() + 1);
+    assert_eq!(after.slots.len(), before.slots.len() + 1);
+    assert_eq!(
+        rows(cluster, "prod", "SELECT clone FROM cow.clones"),
+        ["staging"]
+    );
+}
+
+#[test]
+fn an_error_at_any_point_leaves_nothing() {
+    let cluster = cluster_with_source();
+    let before = footprint(&cluster);
+    let mut client = cluster.connect("prod").unwrap();
+    for point in POINTS {
+        client
+            .batch_execute(&format!("SET cow.debug_failpoint = 'error:{point}'"))
+            .unwrap();
+        let error = client
+            .batch_execute("SELECT cow.clone('prod', 'staging')")
+            .unwrap_err();
+        assert_eq!(sqlstate(&error), "XX000", "{point}: {error}");
+        // The client returns on the error message; the session has cleaned up
+        // once it is ready for the next command.
+        client.batch_execute("SELECT 1").unwrap();
+        assert_eq!(
+            footprint(&cluster),
+            before,
+            "an error at {point} left something behind"
+        );
+    }
+    client.batch_execute("RESET cow.debug_failpoint").unwrap();
+    retry_succeeds(&cluster, &before);
+}
+
+#[test]
+fn the_failpoint_setting_is_for_superusers_only() {
+    let cluster = cluster_with_source();
+    cluster.psql("postgres", "CREATE ROLE plain LOGIN").unwrap();
+    let mut plain = postgres::Config::new()
+        .host_path(&cluster.dir)
+        .port(cluster.port())
+        .user("plain")
+        .dbname("prod")
+        .connect(postgres::NoTls)
+        .unwrap();
+    let error = plain
+        .batch_execute("SET cow.debug_failpoint = 'error:after_pin'")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "42501");
+}
+
+fn crash_at(point: &str) {
+    let mut cluster = cluster_with_source();
+    let before = footprint(&cluster);
+    let mut client = cluster.connect("prod").unwrap();
+    let cloning = std::thread::spawn({
+        let point = point.to_string();
+        move || {
+            client
+                .batch_execute(&format!("SET cow.debug_failpoint = 'pause:{point}'"))
+                .unwrap();
+            client.batch_execute("SELECT cow.clone('prod', 'staging')")
+        }
+    });
+    let marker = format!("paused at failpoint \"{point}\"");
+    wait_for(&marker, Duration::from_secs(60), || {
+        cluster.log().contains(&marker)
+    });
+
+    cluster.crash().unwrap();
+    assert!(
+        cloning.join().unwrap().is_err(),
+        "the clone cannot have completed"
+    );
+    cluster.start().unwrap();
+
+    // The start-up worker removes the interrupted clone on its own.
+    wait_for("the reconciler", Duration::from_secs(60), || {
+        footprint(&cluster) == before
+    });
+    assert!(
+        cluster.log().contains("cowclone: removed clone"),
+        "the worker says what it removed"
+    );
+    retry_succeeds(&cluster, &before);
+}
+
+#[test]
+fn a_crash_after_createdb_leaves_nothing() {
+    crash_at("after_createdb");
+}
+
+#[test]
+fn a_crash_after_the_pin_leaves_nothing() {
+    crash_at("after_pin");
+}
+
+#[test]
+fn a_crash_after_the_catalog_copy_leaves_nothing() {
+    crash_at("after_catalog_copy");
+}
+
+#[test]
+fn a_crash_just_before_commit_leaves_nothing() {
+    crash_at("before_commit");
+}

@@ -1,0 +1,88 @@
+//! Finishing what a crash interrupted.
+//!
+//! `cow.clone` writes `pg_cowclone/<clone oid>.building` (holding its
+//! transaction id) right after creating the database, and removes it when
+//! that transaction ends. A marker whose transaction is no longer running
+//! therefore means: the clone committed (its database exists; only the
+//! marker is stale) or a crash interrupted it (no database): then its
+//! directory, state file and pin are removed. A state file whose database is
+//! gone (a crash between DROP DATABASE and forgetting the clone) is removed
+//! with its pin. Runs at server start and at the start of every clone.
+
+use std::fs;
+
+use pgrx::pg_sys;
+
+use crate::lineage;
+use crate::snapshot;
+
+fn database_exists(oid: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache probe of the shared catalog pg_database, in a transaction.
+    unsafe {
+        pg_sys::SearchSysCacheExists(
+            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+            pg_sys::Datum::from(oid),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+            pg_sys::Datum::from(0),
+        )
+    }
+}
+
+fn transaction_running(xid: u32) -> bool {
+    // SAFETY: reads the proc array.
+    unsafe { pg_sys::TransactionIdIsInProgress(pg_sys::TransactionId::from(xid)) }
+}
+
+/// Writes this transaction's marker for the clone being built.
+pub fn mark_building(clone: pg_sys::Oid) {
+    // SAFETY: the transaction already has an xid (createdb inserted a row).
+    let xid = u32::from(unsafe { pg_sys::GetTopTransactionId() });
+    lineage::write_file(&lineage::marker_path(clone), xid.to_string().as_bytes());
+}
+
+pub fn unmark_building(clone: pg_sys::Oid) {
+    let _ = fs::remove_file(lineage::marker_path(clone));
+}
+
+/// Removes every clone a crash interrupted; returns how many.
+pub fn remove_interrupted_clones() -> usize {
+    let mut removed = 0;
+    for (clone, xid) in lineage::building_markers() {
+        if transaction_running(xid) {
+            continue;
+        }
+        // Serialize with any other backend reconciling the same clone.
+        // SAFETY: a lock on a shared object, released at transaction end.
+        unsafe {
+            pg_sys::LockSharedObject(
+                pg_sys::DatabaseRelationId,
+                clone,
+                0,
+                pg_sys::AccessExclusiveLock as i32,
+            );
+        }
+        if !lineage::marker_path(clone).exists() {
+            continue;
+        }
+        if !database_exists(clone) {
+            crate::clone::remove_clone_files(clone);
+            snapshot::drop_pin(clone);
+            lineage::remove_record(clone);
+            pgrx::log!(
+                "cowclone: removed clone {} interrupted by a crash",
+                u32::from(clone)
+            );
+            removed += 1;
+        }
+        unmark_building(clone);
+    }
+    for record in lineage::all_records() {
+        let clone = pg_sys::Oid::from(record.clone);
+        if !database_exists(clone) && !lineage::marker_path(clone).exists() {
+            lineage::forget_clone(clone);
+            removed += 1;
+        }
+    }
+    removed
+}
