@@ -23,6 +23,8 @@ use crate::{failpoint, reconcile};
 
 const DEFAULT_TABLESPACE: u32 = 1663;
 const NAMEDATALEN: usize = 64;
+/// pg_db_role_setting (not in pgrx's bindings).
+const DB_ROLE_SETTING_RELATION_ID: pg_sys::Oid = pg_sys::Oid::from_u32(2964);
 
 /// What `cow.clone` reports.
 pub struct CloneOutcome {
@@ -41,20 +43,16 @@ struct SourceInfo {
     locale: DatabaseLocale,
 }
 
-fn user_error(code: PgSqlErrorCode, message: String) -> CowError {
-    CowError::new(code, message)
-}
-
 fn validate_target_name(target: &str) {
     if target.is_empty() {
-        user_error(
+        CowError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "target database name must not be empty".into(),
+            "target database name must not be empty",
         )
         .raise();
     }
     if target.len() >= NAMEDATALEN || target.contains('\0') {
-        user_error(
+        CowError::new(
             PgSqlErrorCode::ERRCODE_NAME_TOO_LONG,
             format!("target database name \"{target}\" is too long"),
         )
@@ -86,7 +84,7 @@ fn check_privileges(source: pg_sys::Oid, source_name: &str) {
                 ) == pg_sys::AclResult::ACLCHECK_OK)
     };
     if !allowed {
-        user_error(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied to clone database \"{source_name}\""))
+        CowError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied to clone database \"{source_name}\""))
             .detail("Cloning requires superuser, or the CREATEDB attribute plus CONNECT privilege on the source.")
             .raise();
     }
@@ -102,7 +100,7 @@ fn source_info(oid: pg_sys::Oid, name: &str) -> SourceInfo {
             pg_sys::Datum::from(oid),
         );
         if tuple.is_null() {
-            user_error(
+            CowError::new(
                 PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
                 format!("database \"{name}\" does not exist"),
             )
@@ -129,7 +127,7 @@ fn access_method_switch(
     source_name: &str,
 ) -> AccessMethodSwitch {
     let not_installed = || {
-        user_error(
+        CowError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("extension cowclone is not installed in database \"{source_name}\""),
         )
@@ -166,7 +164,7 @@ fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
         .filter(|r| !r.is_system() && r.persistence != b't')
     {
         if rel.tablespace != 0 && rel.tablespace != DEFAULT_TABLESPACE {
-            user_error(
+            CowError::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!(
                     "relation \"{}\" is in a tablespace other than pg_default",
@@ -178,7 +176,7 @@ fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
         }
         let shadowed = catalog_copy::is_shadowed(rel.oid, rel.kind, rel.persistence);
         if shadowed && !switch.replacement.contains_key(&rel.am) {
-            user_error(
+            CowError::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!(
                     "relation \"{}\" uses an access method cowclone cannot shadow",
@@ -271,6 +269,35 @@ pub fn remove_clone_files(clone: pg_sys::Oid) {
     }
 }
 
+/// A catalog rewritten in the source after T (VACUUM FULL, REINDEX, CLUSTER)
+/// has new files: T's files may already be empty. The copy is only
+/// trustworthy if every catalog still has the storage T's pg_class names.
+fn check_catalog_not_rewritten(source: &SourceDatabase, at_clone_point: &[SourceRelation]) {
+    let current_source = SourceDatabase::open(source.oid, source.tablespace);
+    // SAFETY: a fresh MVCC snapshot, registered while it is used.
+    let now =
+        snapshot::HeldSnapshot(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) });
+    let current = current_source.relations(now.0);
+    let rewritten = current_source.relation_map != source.relation_map
+        || at_clone_point
+            .iter()
+            .filter(|r| r.is_system() && !r.shared && r.has_storage())
+            .any(|old| {
+                current
+                    .iter()
+                    .find(|r| r.oid == old.oid)
+                    .is_some_and(|r| r.relfilenode != old.relfilenode)
+            });
+    if rewritten {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            "a catalog of the source was rewritten during the clone",
+        )
+        .hint("Retry the clone.")
+        .raise();
+    }
+}
+
 /// Creates the clone's database from template0 with the source's locale.
 fn create_database_shell(target: &str, locale: &DatabaseLocale) -> pg_sys::Oid {
     let mut options: Vec<(&str, String)> = vec![
@@ -327,6 +354,55 @@ fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
         form.datfrozenxid = info.frozen_xid;
         form.datminmxid = info.min_multi;
         pg_sys::CatalogTupleUpdate(rel, &mut (*tuple).t_self, tuple);
+        pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
+/// The source's `ALTER DATABASE ... SET` settings (all roles, and per role)
+/// apply to the clone too: `pg_db_role_setting` is a shared catalog keyed by
+/// database OID, so its rows are copied under the clone's OID.
+fn inherit_settings(source: pg_sys::Oid, clone: pg_sys::Oid) {
+    let query = format!(
+        "SELECT setrole, setconfig FROM pg_catalog.pg_db_role_setting WHERE setdatabase = {}",
+        u32::from(source)
+    );
+    let settings: Vec<(pg_sys::Oid, Vec<String>)> = pgrx::spi::Spi::connect(|client| {
+        client
+            .select(&query, None, &[])?
+            .map(|row| {
+                Ok((
+                    row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                    row.get::<Vec<String>>(2)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+    })
+    .unwrap_or_else(|e| {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("reading the source's settings failed: {e}"),
+        )
+        .raise()
+    });
+    if settings.is_empty() {
+        return;
+    }
+    // SAFETY: inserts rows into a shared catalog through the catalog API, in
+    // this transaction, with a tuple built from the catalog's own descriptor.
+    unsafe {
+        let rel = pg_sys::table_open(DB_ROLE_SETTING_RELATION_ID, pg_sys::RowExclusiveLock as i32);
+        for (role, config) in settings {
+            let mut values = [
+                pg_sys::Datum::from(clone),
+                pg_sys::Datum::from(role),
+                pgrx::IntoDatum::into_datum(config).expect("an array is never null"),
+            ];
+            let mut nulls = [false; 3];
+            let tuple =
+                pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::CatalogTupleInsert(rel, tuple);
+        }
         pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
         pg_sys::CommandCounterIncrement();
     }
@@ -389,21 +465,21 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     validate_target_name(target);
     let source_oid = database_oid(source_name);
     if source_oid == pg_sys::InvalidOid {
-        user_error(
+        CowError::new(
             PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
             format!("database \"{source_name}\" does not exist"),
         )
         .raise();
     }
     if source_name == target {
-        user_error(
+        CowError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "source and target must be different databases".into(),
+            "source and target must be different databases",
         )
         .raise();
     }
     if database_oid(target) != pg_sys::InvalidOid {
-        user_error(
+        CowError::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_DATABASE,
             format!("database \"{target}\" already exists"),
         )
@@ -413,18 +489,22 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
 
     // Hold the source against DROP DATABASE (which takes AccessExclusiveLock)
     // until commit, then make sure it did not vanish before we got the lock.
+    // Not ShareLock, as CREATE DATABASE takes on its template: PostgreSQL
+    // takes RowExclusiveLock on a database to create storage in it, so DDL in
+    // the source would wait for the clone. Concurrent DDL is safe: the copy is
+    // verified, and a catalog rewritten meanwhile is detected.
     // SAFETY: a lock on a shared object, released at transaction end.
     unsafe {
         pg_sys::LockSharedObject(
             pg_sys::DatabaseRelationId,
             source_oid,
             0,
-            pg_sys::ShareLock as i32,
+            pg_sys::AccessShareLock as i32,
         )
     };
     let info = source_info(source_oid, source_name);
     if lineage::read_record(source_oid).is_some() {
-        user_error(
+        CowError::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("database \"{source_name}\" is itself a clone"),
         )
@@ -433,7 +513,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         .raise();
     }
     if u32::from(info.tablespace) != DEFAULT_TABLESPACE {
-        user_error(
+        CowError::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("database \"{source_name}\" is not in tablespace pg_default"),
         )
@@ -458,6 +538,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     }));
     reconcile::mark_building(clone);
     inherit_frozen_horizons(clone, &info);
+    inherit_settings(source_oid, clone);
     failpoint::reached("after_createdb");
 
     let (clone_point, point) = snapshot::pin_and_take(clone);
@@ -473,14 +554,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     catalog_copy::write_catalog(clone, pg_sys::Oid::from(DEFAULT_TABLESPACE), &copies);
     // SAFETY: both databases live in pg_default; the clone is not in use.
     unsafe { compat::copy_relation_map(source_oid, clone, pg_sys::Oid::from(DEFAULT_TABLESPACE)) };
-    if SourceDatabase::open(source_oid, info.tablespace).relation_map != source.relation_map {
-        CowError::new(
-            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-            "a catalog of the source was rewritten during the clone",
-        )
-        .hint("Retry the clone.")
-        .raise();
-    }
+    check_catalog_not_rewritten(&source, &relations);
     let shadowed = create_local_storage(clone, &source, &relations);
     drop(clone_point);
     failpoint::reached("after_catalog_copy");

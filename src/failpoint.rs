@@ -1,7 +1,8 @@
 //! Test-only failpoints in clone creation: `cow.debug_failpoint` (superuser
 //! only) set to `error:<point>` raises there, `pause:<point>` waits there (up
 //! to ten minutes, logging that it did) so a test can kill -9 the server at
-//! a chosen moment. Empty, the default, does nothing.
+//! a chosen moment, and `sleep:<point>` waits three seconds and goes on, so a
+//! test can change the source meanwhile. Empty, the default, does nothing.
 
 use std::ffi::CString;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ pub fn define_setting() {
     GucRegistry::define_string_guc(
         c"cow.debug_failpoint",
         c"Test only: make cow.clone fail or pause at a named point.",
-        c"error:<point> or pause:<point>, where point is after_createdb, after_pin, after_catalog_copy or before_commit.",
+        c"error:<point>, pause:<point> or sleep:<point>, where point is after_createdb, after_pin, after_catalog_copy or before_commit.",
         &FAILPOINT,
         GucContext::Suset,
         GucFlags::default(),
@@ -41,15 +42,16 @@ pub fn reached(point: &str) {
             format!("cowclone failpoint \"{point}\" reached"),
         )
         .raise(),
-        "pause" => pause(point),
+        "pause" => wait_at(point, Duration::from_secs(600)),
+        "sleep" => wait_at(point, Duration::from_secs(3)),
         _ => {}
     }
 }
 
-fn pause(point: &str) {
+fn wait_at(point: &str, how_long: Duration) {
     pgrx::log!("cowclone: paused at failpoint \"{point}\"");
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(600) {
+    while started.elapsed() < how_long {
         // SAFETY: waiting on this backend's own latch; WL_EXIT_ON_PM_DEATH
         // makes the backend exit if the postmaster is killed meanwhile.
         unsafe {

@@ -26,10 +26,7 @@ pub const WRAPPED: [(&str, u32, &str); 6] = [
 
 fn refuse(what: &str, index: pg_sys::Relation) -> ! {
     // SAFETY: PostgreSQL passes a valid, open index to every index AM callback.
-    refuse_named(what, &unsafe { relation_name(index) })
-}
-
-fn refuse_named(what: &str, name: &str) -> ! {
+    let name = unsafe { relation_name(index) };
     CowError::new(
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
         format!("cannot {what} shadowed index \"{name}\" yet"),
@@ -100,10 +97,41 @@ unsafe extern "C-unwind" fn ambeginscan(
 /// Planning asks whether the index can return values (SP-GiST reads its
 /// metapage to answer) and what a scan costs (GIN and BRIN read metapage
 /// statistics): both would read the empty local part, so planning a query
-/// over a shadowed index refuses too.
+/// that could use a shadowed index refuses, naming the table the user touched.
+fn refuse_planning(index: pg_sys::Oid) -> ! {
+    // SAFETY: catalog lookups by OID inside a transaction; a missing name is
+    // shown as the OID.
+    let (table, index_name) = unsafe {
+        let table = pg_sys::IndexGetRelation(index, true);
+        (relation_name_of(table), relation_name_of(index))
+    };
+    CowError::new(PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, format!("cannot scan shadowed table \"{table}\" yet"))
+        .detail(format!(
+            "Planning considered its index \"{index_name}\"; the rows still live in the source database and reading them through a clone is not built yet."
+        ))
+        .hint("This build of cowclone clones the schema only (issue #4 adds reads, #5 writes).")
+        .raise()
+}
+
+/// # Safety
+/// Must run inside a transaction.
+unsafe fn relation_name_of(oid: pg_sys::Oid) -> String {
+    // SAFETY: guaranteed by the caller; get_rel_name returns a palloc'd copy or null.
+    let name = unsafe { pg_sys::get_rel_name(oid) };
+    if name.is_null() {
+        u32::from(oid).to_string()
+    } else {
+        // SAFETY: a NUL-terminated string from the syscache.
+        unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn amcanreturn(index: pg_sys::Relation, _attno: std::ffi::c_int) -> bool {
-    refuse("plan a scan of", index)
+    // SAFETY: PostgreSQL passes a valid, open index.
+    refuse_planning(unsafe { (*index).rd_id })
 }
 
 #[pg_guard]
@@ -119,18 +147,7 @@ unsafe extern "C-unwind" fn amcostestimate(
     _pages: *mut f64,
 ) {
     // SAFETY: the planner passes a valid path whose indexinfo names the index.
-    let name = unsafe {
-        let oid = (*(*path).indexinfo).indexoid;
-        let name = pg_sys::get_rel_name(oid);
-        if name.is_null() {
-            u32::from(oid).to_string()
-        } else {
-            std::ffi::CStr::from_ptr(name)
-                .to_string_lossy()
-                .into_owned()
-        }
-    };
-    refuse_named("plan a scan of", &name)
+    refuse_planning(unsafe { (*(*path).indexinfo).indexoid })
 }
 
 /// The wrapped AM's routine with the refusing callbacks in place.

@@ -134,4 +134,9 @@ CREATE TABLE app.dropped_later (x int);
 DROP TABLE app.dropped_later;
 ALTER TABLE app.parent ADD COLUMN note text;
 ALTER TABLE app.parent DROP COLUMN note;
+-- Database-level settings travel with a clone.
+DO $$ BEGIN
+    EXECUTE format('ALTER DATABASE %I SET work_mem = %L', current_database(), '7MB');
+    EXECUTE format('ALTER ROLE app_reader IN DATABASE %I SET search_path = app', current_database());
+END $$;
 ANALYZE;

@@ -27,60 +27,102 @@ pub fn run(pg: &PgInstall) -> Result<()> {
     run_captured(
         cluster
             .client_command("pgbench", "prod")
-            .args(["-i", "-q", "-s", "2"]),
+            .args(["-i", "-q", "-s", "5"]),
         "pgbench -i",
     )?;
-    let accounts = cluster.psql("prod", "SELECT count(*) FROM pgbench_accounts")?;
-    let size = cluster.psql("prod", "SELECT pg_size_pretty(pg_database_size('prod'))")?;
-    step(&format!(
-        "Created source database prod with pgbench data: {} accounts, {} on disk.",
-        accounts.trim(),
-        size.trim()
-    ));
-
     cluster.psql("prod", "CREATE EXTENSION cowclone")?;
-    let version = cluster.psql("prod", "SELECT cow.version()")?;
-    let preloaded = cluster.psql("prod", "SELECT cow.preloaded()")?;
+    let accounts = one(&cluster, "prod", "SELECT count(*) FROM pgbench_accounts")?;
+    let size = one(
+        &cluster,
+        "prod",
+        "SELECT pg_size_pretty(pg_database_size('prod'))",
+    )?;
     step(&format!(
-        "CREATE EXTENSION cowclone in prod: cow.version() = {}, cow.preloaded() = {}.",
-        version.trim(),
-        preloaded.trim()
+        "Source database prod: pgbench data ({accounts} accounts, {size} on disk) and CREATE EXTENSION cowclone (version {}).",
+        one(&cluster, "prod", "SELECT cow.version()")?
     ));
 
-    // What users do today, and why it does not fit a live database.
+    // An application is connected to prod and in the middle of a transaction.
     let mut app = cluster.connect("prod")?;
-    app.simple_query("SELECT 1")
+    app.batch_execute("BEGIN; UPDATE pgbench_branches SET bbalance = bbalance + 1 WHERE bid = 1;")
         .context(|| "application session".into())?;
+
     let mut admin = cluster.connect("postgres")?;
+    let started = Instant::now();
     let refusal = match admin.simple_query("CREATE DATABASE staging_copy TEMPLATE prod") {
         Ok(_) => "it unexpectedly succeeded".to_string(),
         Err(e) => Error::from(e).to_string(),
     };
     step(&format!(
-        "Stock PostgreSQL: CREATE DATABASE staging_copy TEMPLATE prod while one application session is connected:\n   ERROR: {refusal}"
+        "Stock PostgreSQL, CREATE DATABASE staging_copy TEMPLATE prod, while that application is connected:\n   ERROR: {refusal} (after {:.1} s of waiting)",
+        started.elapsed().as_secs_f64()
     ));
-    drop(app);
-    let started = Instant::now();
-    admin.simple_query("CREATE DATABASE staging_copy TEMPLATE prod")?;
+
+    let mut cloner = cluster.connect("prod")?;
+    let row = cloner.query_one(
+        "SELECT clone_point_lsn, elapsed_ms, catalog_relations, shadowed_relations FROM cow.clone('prod', 'staging')",
+        &[],
+    )?;
     step(&format!(
-        "With the session gone, TEMPLATE copies every byte: {:.0} ms for {}.",
-        started.elapsed().as_secs_f64() * 1000.0,
-        size.trim()
+        "SELECT cow.clone('prod', 'staging'), same moment, application still connected:\n   done in {:.0} ms: clone point at LSN {}, {} catalog relations copied, {} user relations shadowed (no data copied).",
+        row.get::<_, f64>(1),
+        row.get::<_, String>(0),
+        row.get::<_, i64>(2),
+        row.get::<_, i64>(3)
+    ));
+    app.batch_execute("COMMIT")?;
+
+    let tables = cluster.psql("staging", "SELECT string_agg(tablename, ', ' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'")?;
+    let same_oids = one(
+        &cluster,
+        "staging",
+        "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgbench%'",
+    )?;
+    step(&format!(
+        "staging is a real database: psql -d staging lists {}; its {same_oids} pgbench relations carry the source's OIDs and relfilenodes.",
+        tables.trim()
+    ));
+    step(&format!(
+        "Disk: staging adds {} (its own catalog) next to prod's {size}.",
+        one(
+            &cluster,
+            "postgres",
+            "SELECT pg_size_pretty(pg_database_size('staging'))"
+        )?
+    ));
+    step(&format!(
+        "cow.clones: {}",
+        one(&cluster, "prod", "SELECT format('clone %s of %s, clone point %s, pin %s holding back %s transactions', clone, source, clone_point_time, pin, pin_age) FROM cow.clones")?
     ));
 
-    let has_clone = cluster.psql("prod", "SELECT to_regproc('cow.clone') IS NOT NULL")?;
-    if has_clone.trim() == "t" {
-        step("cow.clone exists in this build; the demo does not exercise it yet.");
-    } else {
-        step(
-            "Not yet built: cow.clone('prod', 'staging'), the instant zero-copy clone (issue #3);\n   reading through to the source (#4) and copy-on-write (#5) follow it.",
-        );
-    }
+    let mut branch = cluster.connect("staging")?;
+    let read = match branch.simple_query("SELECT count(*) FROM pgbench_accounts") {
+        Ok(_) => "rows came back".to_string(),
+        Err(e) => Error::from(e).to_string(),
+    };
+    step(&format!(
+        "Not built yet: reading rows through to the source (issue #4) and copy-on-write (issue #5).\n   SELECT count(*) FROM pgbench_accounts in staging says so rather than returning wrong rows:\n   ERROR: {read}"
+    ));
+    drop(branch);
 
-    drop(admin);
+    admin.batch_execute("DROP DATABASE staging")?;
+    step(&format!(
+        "DROP DATABASE staging releases its pin: {} cowclone slots left.",
+        one(
+            &cluster,
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cowclone%'"
+        )?
+    ));
+
+    drop((admin, cloner, app));
     drop(cluster);
     step("Stopped the cluster and removed its directory.");
     Ok(())
+}
+
+fn one(cluster: &Cluster, db: &str, sql: &str) -> Result<String> {
+    Ok(cluster.psql(db, sql)?.trim().to_string())
 }
 
 fn step(text: &str) {

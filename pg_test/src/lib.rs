@@ -3,6 +3,7 @@
 //! Deliberately free of pgrx: it must build and run on a machine where
 //! nothing is installed yet, because its first job (`setup`) is installing.
 
+pub mod bench;
 pub mod cluster;
 pub mod demo;
 pub mod error;

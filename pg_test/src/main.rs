@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use pg_test::bench::BenchOptions;
 use pg_test::cluster::{Cluster, ClusterConfig};
 use pg_test::extension::{build_and_install, Profile};
 use pg_test::install::{parse_major, PgInstall, DEFAULT_MAJOR};
 use pg_test::suite::SuiteOptions;
-use pg_test::{demo, setup, suite, Error, Result};
+use pg_test::{bench, demo, setup, suite, Error, Result};
 
 fn usage() -> &'static str {
     "usage: pg_test <command>
@@ -17,7 +18,8 @@ fn usage() -> &'static str {
   cluster stop DIR                        stop the cluster in DIR (and nothing else)
   demo [--pg N]                           the main job end to end on a throwaway cluster
   test [--pg N] [--no-lint]               the whole suite
-  bench                                   reserved for the benchmark (issue #7)"
+  bench [--scales 10,60,100] [--quick] [--pg N]
+                                          cowclone vs TEMPLATE vs pg_dump|pg_restore, as ratios"
 }
 
 /// A usage mistake: exit status 2, like most Unix tools.
@@ -66,6 +68,8 @@ struct Flags {
     port: Option<u16>,
     no_build: bool,
     no_lint: bool,
+    quick: bool,
+    scales: Option<Vec<u32>>,
 }
 
 fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, Failure> {
@@ -97,6 +101,19 @@ fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, 
                 })?);
             }
             "--no-build" => flags.no_build = true,
+            "--quick" => flags.quick = true,
+            "--scales" => {
+                let v = value()?;
+                let scales: Option<Vec<u32>> = v
+                    .split(',')
+                    .map(|s| s.trim().parse::<u32>().ok().filter(|n| *n > 0))
+                    .collect();
+                flags.scales = Some(scales.filter(|s| !s.is_empty()).ok_or_else(|| {
+                    UsageError(format!(
+                        "--scales expects positive numbers separated by commas, not '{v}'"
+                    ))
+                })?);
+            }
             "--no-lint" => flags.no_lint = true,
             _ => unreachable!("every allowed flag is handled"),
         }
@@ -140,10 +157,20 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
                 },
             )?)
         }
-        "bench" => Err(Error(
-            "bench is reserved for the benchmark issue (#7) and not built yet".into(),
-        )
-        .into()),
+        "bench" => {
+            let flags = parse_flags(rest, &["--pg", "--quick", "--scales"])?;
+            let pg = pg_of(&flags)?;
+            setup::setup(&pg)?;
+            let mut options = if flags.quick {
+                BenchOptions::quick()
+            } else {
+                BenchOptions::standard()
+            };
+            if let Some(scales) = flags.scales {
+                options.scales = scales;
+            }
+            Ok(bench::run(&pg, &options)?)
+        }
         other => Err(UsageError(format!("unknown command '{other}'")).into()),
     }
 }

@@ -77,9 +77,9 @@ fn help_lists_every_command() {
 }
 
 #[test]
-fn unbuilt_commands_say_so_in_one_line() {
-    let line = single_error_line(&pg_test(&["bench"]), 1);
-    assert!(line.contains("not built yet"), "{line}");
+fn unsupported_versions_and_bad_bench_options_say_so_in_one_line() {
+    let line = single_error_line(&pg_test(&["bench", "--scales", "ten"]), 2);
+    assert!(line.contains("--scales expects positive numbers"), "{line}");
     let line = single_error_line(&pg_test(&["setup", "--pg", "11"]), 1);
     assert!(line.contains("not a supported major"), "{line}");
 }

@@ -42,7 +42,9 @@ fn clone_reproduces_the_source_catalog() {
     // Called from another database, while a session sits in the source.
     let mut bystander = cluster.connect("prod").unwrap();
     bystander
-        .batch_execute("BEGIN; SELECT count(*) FROM app.parent;")
+        .batch_execute(
+            "CREATE TEMP TABLE session_scratch (i int); BEGIN; SELECT count(*) FROM app.parent;",
+        )
         .unwrap();
     let mut admin = cluster.connect("postgres").unwrap();
     let row = admin.query_one("SELECT clone, source, catalog_relations, shadowed_relations FROM cow.clone('prod', 'staging')", &[]).unwrap();
@@ -55,11 +57,13 @@ fn clone_reproduces_the_source_catalog() {
     );
     bystander.batch_execute("COMMIT").unwrap();
 
+    // Other sessions' temporary tables are left out: the clone's autovacuum
+    // drops them as orphans (no session of the clone owns them).
     for (catalog, query) in [
-        ("pg_class", "SELECT oid, relname, relnamespace, reltype, reloftype, relfilenode, relkind, relpersistence, reltoastrelid FROM pg_class ORDER BY oid"),
-        ("pg_type", "SELECT oid, typname, typnamespace, typrelid, typelem, typarray, typbasetype FROM pg_type ORDER BY oid"),
+        ("pg_class", "SELECT oid, relname, relnamespace, reltype, reloftype, relfilenode, relkind, relpersistence, reltoastrelid FROM pg_class WHERE relpersistence <> 't' ORDER BY oid"),
+        ("pg_type", "SELECT oid, typname, typnamespace, typrelid, typelem, typarray, typbasetype FROM pg_type WHERE typnamespace NOT IN (SELECT oid FROM pg_namespace WHERE nspname ~ '^pg_(toast_)?temp_') ORDER BY oid"),
         ("pg_enum", "SELECT oid, enumtypid, enumsortorder, enumlabel FROM pg_enum ORDER BY oid"),
-        ("pg_attribute", "SELECT attrelid, attnum, attname, atttypid, attisdropped FROM pg_attribute ORDER BY 1, 2"),
+        ("pg_attribute", "SELECT attrelid, attnum, attname, atttypid, attisdropped FROM pg_attribute WHERE attrelid IN (SELECT oid FROM pg_class WHERE relpersistence <> 't') ORDER BY 1, 2"),
         ("pg_proc", "SELECT oid, proname, pronamespace, prorettype FROM pg_proc ORDER BY oid"),
         ("pg_constraint", "SELECT oid, conname, conrelid, confrelid FROM pg_constraint ORDER BY oid"),
         ("pg_policy", "SELECT oid, polname, polrelid FROM pg_policy ORDER BY oid"),
@@ -71,6 +75,12 @@ fn clone_reproduces_the_source_catalog() {
         rows(&cluster, "postgres", "SELECT encoding, datcollate, datctype, datlocprovider FROM pg_database WHERE datname = 'prod'"),
         rows(&cluster, "postgres", "SELECT encoding, datcollate, datctype, datlocprovider FROM pg_database WHERE datname = 'staging'"),
     );
+    assert_eq!(
+        rows(&cluster, "postgres", "SELECT setrole, setconfig FROM pg_db_role_setting WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = 'staging') ORDER BY 1"),
+        rows(&cluster, "postgres", "SELECT setrole, setconfig FROM pg_db_role_setting WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = 'prod') ORDER BY 1"),
+        "ALTER DATABASE ... SET settings are copied"
+    );
+    assert_eq!(rows(&cluster, "staging", "SHOW work_mem"), ["7MB"]);
     assert_eq!(
         normalized_dump(&cluster, "staging"),
         dump_before,
@@ -115,6 +125,38 @@ fn clone_reproduces_the_source_catalog() {
         assert_eq!(sqlstate(&error), "0A000", "{sql}: {error}");
         clone.batch_execute("RESET ALL").unwrap();
     }
+    // Another session's temporary table stays that session's: no storage in the clone.
+    // An unlogged table's local part is unlogged too: it has an (empty) init fork.
+    let clone_dir = cluster.data_dir().join("base").join(
+        &rows(
+            &cluster,
+            "postgres",
+            "SELECT oid FROM pg_database WHERE datname = 'staging'",
+        )[0],
+    );
+    let files: Vec<String> = std::fs::read_dir(&clone_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let temp_node = &rows(
+        &cluster,
+        "prod",
+        "SELECT relfilenode FROM pg_class WHERE relname = 'session_scratch'",
+    )[0];
+    assert!(
+        !files.iter().any(|f| f.contains(temp_node.as_str())),
+        "no file for another session's temp table"
+    );
+    let unlogged_node = &rows(
+        &cluster,
+        "staging",
+        "SELECT relfilenode FROM pg_class WHERE relname = 'scratch'",
+    )[0];
+    assert!(
+        files.contains(unlogged_node) && files.contains(&format!("{unlogged_node}_init")),
+        "{files:?}"
+    );
+
     // Sequences are copies: a value at least the one at the clone point.
     let next: i64 = clone
         .query_one("SELECT nextval('app.ticket_seq')", &[])

@@ -144,3 +144,39 @@ fn a_crash_after_the_catalog_copy_leaves_nothing() {
 fn a_crash_just_before_commit_leaves_nothing() {
     crash_at("before_commit");
 }
+
+#[test]
+fn a_catalog_rewritten_in_the_source_during_the_clone_is_detected() {
+    let cluster = cluster_with_source();
+    let before = footprint(&cluster);
+    let mut client = cluster.connect("prod").unwrap();
+    let cloning = std::thread::spawn(move || {
+        client
+            .batch_execute("SET cow.debug_failpoint = 'sleep:after_pin'")
+            .unwrap();
+        let outcome = client.batch_execute("SELECT cow.clone('prod', 'staging')");
+        client.batch_execute("SELECT 1").unwrap();
+        outcome
+    });
+    let marker = "paused at failpoint \"after_pin\"";
+    wait_for(marker, Duration::from_secs(60), || {
+        cluster.log().contains(marker)
+    });
+    // DDL in the source does not wait for the clone; here a catalog index
+    // gets new files after the clone point.
+    let started = Instant::now();
+    cluster
+        .psql("prod", "REINDEX INDEX pg_description_o_c_o_index")
+        .unwrap();
+    cluster
+        .psql("prod", "CREATE TABLE created_meanwhile (i int)")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "DDL in the source waited for the clone"
+    );
+    let error = cloning.join().unwrap().unwrap_err();
+    assert_eq!(sqlstate(&error), "40001", "{error}");
+    assert_eq!(footprint(&cluster), before);
+    retry_succeeds(&cluster, &before);
+}
