@@ -430,16 +430,17 @@ fn create_local_storage(
         if rel.kind == b'S' {
             let from = source.locator(rel.relfilenode);
             let main = pg_sys::ForkNumber::MAIN_FORKNUM;
-            catalog_copy::write_pages(
-                locator,
-                main,
-                &catalog_copy::copy_fork_raw(from, main, rel.oid),
-            );
+            let pages = catalog_copy::copy_fork_raw(from, main, rel.oid);
+            if unlogged {
+                catalog_copy::write_pages_synced(locator, main, &pages);
+            } else {
+                catalog_copy::write_pages(locator, &pages);
+            }
             if unlogged {
                 // SAFETY: the main fork exists now.
                 unsafe { compat::create_init_fork(locator) };
                 let init = pg_sys::ForkNumber::INIT_FORKNUM;
-                catalog_copy::write_pages(
+                catalog_copy::write_pages_synced(
                     locator,
                     init,
                     &catalog_copy::copy_fork_raw(from, init, rel.oid),

@@ -60,6 +60,54 @@ pub unsafe fn read_buffer(
     }
 }
 
+/// A zeroed, exclusively locked buffer for a block of a permanent relation of
+/// any database; the block need not exist on disk yet.
+///
+/// # Safety
+/// The relation's file must have been extended past `block`; the caller must
+/// release the buffer.
+pub unsafe fn read_buffer_zeroed(
+    locator: RelLocator,
+    fork: pg_sys::ForkNumber::Type,
+    block: u32,
+) -> pg_sys::Buffer {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        pg_sys::ReadBufferWithoutRelcache(
+            locator,
+            fork,
+            block,
+            pg_sys::ReadBufferMode::RBM_ZERO_AND_LOCK,
+            std::ptr::null_mut(),
+            true,
+        )
+    }
+}
+
+/// Extends a fork so that `block` exists, writing one zero page there.
+/// `skip_fsync`: the caller makes the contents durable another way (WAL).
+///
+/// # Safety
+/// The fork must exist.
+pub unsafe fn extend_to(
+    locator: RelLocator,
+    fork: pg_sys::ForkNumber::Type,
+    block: u32,
+    skip_fsync: bool,
+) {
+    let mut zero = vec![0u8; crate::page::BLCKSZ];
+    // SAFETY: guaranteed by the caller; the page is a full zeroed block.
+    unsafe {
+        pg_sys::smgrextend(
+            smgr_open(locator),
+            fork,
+            block,
+            zero.as_mut_ptr().cast(),
+            skip_fsync,
+        )
+    }
+}
+
 /// WAL-logs a full page image and stamps the page with the record's LSN.
 ///
 /// # Safety

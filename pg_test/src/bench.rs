@@ -30,7 +30,7 @@ impl BenchOptions {
     pub fn standard() -> Self {
         Self {
             scales: vec![10, 60, 100],
-            runs: 3,
+            runs: 5,
             load_seconds: 20,
             write_docs: true,
         }

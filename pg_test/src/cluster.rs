@@ -312,16 +312,25 @@ impl Cluster {
         fs::read_to_string(self.log_file()).unwrap_or_default()
     }
 
-    /// A real client connection over the cluster's Unix socket.
+    /// A real client connection over the cluster's Unix socket, as the superuser.
     pub fn connect(&self, dbname: &str) -> Result<postgres::Client> {
+        self.connect_as(SUPERUSER, dbname)
+    }
+
+    /// A real client connection as `role` (trust authentication).
+    pub fn connect_as(&self, role: &str, dbname: &str) -> Result<postgres::Client> {
         postgres::Config::new()
             .host_path(&self.dir)
             .port(self.config.port)
-            .user(SUPERUSER)
+            .user(role)
             .dbname(dbname)
             .application_name("cowclone-pg_test")
             .connect(postgres::NoTls)
-            .map_err(|e| Error(format!("cannot connect to database {dbname}: {e}")))
+            .map_err(|e| {
+                Error(format!(
+                    "cannot connect to database {dbname} as {role}: {e}"
+                ))
+            })
     }
 
     /// `psql` arguments that reach this cluster as its superuser.

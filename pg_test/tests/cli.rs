@@ -16,6 +16,11 @@ fn pg_test(args: &[&str]) -> Output {
         .expect("the CLI starts")
 }
 
+/// `cluster start DIR --port PORT --no-build` (the suite installed the build already).
+fn start_without_build(dir: &str, port: &str) -> Output {
+    pg_test(&["cluster", "start", dir, "--port", port, "--no-build"])
+}
+
 /// Asserts a failed run printed exactly one line to stderr and returns it.
 fn single_error_line(output: &Output, expected_status: i32) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
@@ -90,14 +95,7 @@ fn cluster_start_refuses_a_busy_port() {
     let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let dir = scratch_dir("busy");
-    let output = pg_test(&[
-        "cluster",
-        "start",
-        dir.to_str().unwrap(),
-        "--port",
-        &port,
-        "--no-build",
-    ]);
+    let output = start_without_build(dir.to_str().unwrap(), &port);
     let line = single_error_line(&output, 1);
     assert!(
         line.contains(&format!("port {port} is already in use")),
@@ -114,27 +112,13 @@ fn cluster_start_refuses_a_busy_port() {
 fn cluster_start_refuses_a_dir_it_cannot_use() {
     let port = free_port().unwrap().to_string();
     // /proc accepts no new directories, even from root.
-    let output = pg_test(&[
-        "cluster",
-        "start",
-        "/proc/cowclone-test",
-        "--port",
-        &port,
-        "--no-build",
-    ]);
+    let output = start_without_build("/proc/cowclone-test", &port);
     let line = single_error_line(&output, 1);
     assert!(line.contains("cannot create /proc/cowclone-test"), "{line}");
 
     let file = scratch_dir("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
-    let output = pg_test(&[
-        "cluster",
-        "start",
-        file.to_str().unwrap(),
-        "--port",
-        &port,
-        "--no-build",
-    ]);
+    let output = start_without_build(file.to_str().unwrap(), &port);
     let line = single_error_line(&output, 1);
     assert!(line.contains("is not a directory"), "{line}");
     std::fs::remove_file(&file).unwrap();
@@ -153,14 +137,7 @@ fn cluster_start_and_stop_touch_only_their_own_cluster() {
     let dir = scratch_dir("lifecycle");
     let port = free_port().unwrap().to_string();
 
-    let output = pg_test(&[
-        "cluster",
-        "start",
-        dir.to_str().unwrap(),
-        "--port",
-        &port,
-        "--no-build",
-    ]);
+    let output = start_without_build(dir.to_str().unwrap(), &port);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -205,14 +182,7 @@ fn cluster_start_and_stop_touch_only_their_own_cluster() {
 
     // A second start on the same DIR is refused while the first runs.
     let line = single_error_line(
-        &pg_test(&[
-            "cluster",
-            "start",
-            dir.to_str().unwrap(),
-            "--port",
-            &free_port().unwrap().to_string(),
-            "--no-build",
-        ]),
+        &start_without_build(dir.to_str().unwrap(), &free_port().unwrap().to_string()),
         1,
     );
     assert!(line.contains("already running"), "{line}");
@@ -233,14 +203,7 @@ fn cluster_start_and_stop_touch_only_their_own_cluster() {
     bystander.psql("postgres", "SELECT 1").unwrap();
 
     // Starting again reuses the same data directory.
-    let output = pg_test(&[
-        "cluster",
-        "start",
-        dir.to_str().unwrap(),
-        "--port",
-        &port,
-        "--no-build",
-    ]);
+    let output = start_without_build(dir.to_str().unwrap(), &port);
     assert!(
         output.status.success(),
         "{}",

@@ -260,19 +260,12 @@ fn cloning_a_live_source_disturbs_nobody() {
     for i in 0..4 {
         std::thread::sleep(Duration::from_secs(5));
         let name = format!("branch_{i}");
-        let elapsed = cluster.psql(
-            "postgres",
-            &format!("SELECT elapsed_ms FROM cow.clone('prod', '{name}')"),
-        );
-        let elapsed = match elapsed {
-            Ok(ms) => ms,
-            Err(_) => cluster
-                .psql(
-                    "prod",
-                    &format!("SELECT elapsed_ms FROM cow.clone('prod', '{name}')"),
-                )
-                .unwrap(),
-        };
+        let elapsed = cluster
+            .psql(
+                "prod",
+                &format!("SELECT elapsed_ms FROM cow.clone('prod', '{name}')"),
+            )
+            .unwrap();
         assert!(elapsed.trim().parse::<f64>().unwrap() > 0.0);
         clones.push(name);
     }
@@ -352,13 +345,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
     assert!(hint.contains("CREATE EXTENSION cowclone"), "{hint}");
 
     for role in ["nobody", "outsider"] {
-        let mut as_role = postgres::Config::new()
-            .host_path(&cluster.dir)
-            .port(cluster.port())
-            .user(role)
-            .dbname("postgres")
-            .connect(postgres::NoTls)
-            .unwrap();
+        let mut as_role = cluster.connect_as(role, "postgres").unwrap();
         as_role.batch_execute("SET search_path = public").unwrap();
         cluster
             .psql("postgres", "CREATE EXTENSION IF NOT EXISTS cowclone")
@@ -372,13 +359,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
     assert_eq!(footprint(&cluster), before, "refusals leave nothing behind");
 
     // CREATEDB plus CONNECT on the source is enough; the clone belongs to its maker.
-    let mut builder = postgres::Config::new()
-        .host_path(&cluster.dir)
-        .port(cluster.port())
-        .user("builder")
-        .dbname("prod")
-        .connect(postgres::NoTls)
-        .unwrap();
+    let mut builder = cluster.connect_as("builder", "prod").unwrap();
     builder
         .batch_execute("SELECT cow.clone('prod', 'mine')")
         .unwrap();

@@ -76,13 +76,7 @@ fn an_error_at_any_point_leaves_nothing() {
 fn the_failpoint_setting_is_for_superusers_only() {
     let cluster = cluster_with_source();
     cluster.psql("postgres", "CREATE ROLE plain LOGIN").unwrap();
-    let mut plain = postgres::Config::new()
-        .host_path(&cluster.dir)
-        .port(cluster.port())
-        .user("plain")
-        .dbname("prod")
-        .connect(postgres::NoTls)
-        .unwrap();
+    let mut plain = cluster.connect_as("plain", "prod").unwrap();
     let error = plain
         .batch_execute("SET cow.debug_failpoint = 'error:after_pin'")
         .unwrap_err();
@@ -179,4 +173,29 @@ fn a_catalog_rewritten_in_the_source_during_the_clone_is_detected() {
     assert_eq!(sqlstate(&error), "40001", "{error}");
     assert_eq!(footprint(&cluster), before);
     retry_succeeds(&cluster, &before);
+}
+
+#[test]
+fn a_committed_clone_survives_a_crash() {
+    let mut cluster = cluster_with_source();
+    // Keep the checkpointer out of it: the clone's pages are then only in
+    // shared buffers and the WAL when the server dies.
+    cluster.psql("postgres", "CHECKPOINT").unwrap();
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    let catalog = "SELECT oid, relname, relfilenode, relkind FROM pg_class WHERE relpersistence <> 't' ORDER BY oid";
+    let expected = rows(&cluster, "prod", catalog);
+    cluster.crash().unwrap();
+    cluster.start().unwrap();
+    assert_eq!(
+        rows(&cluster, "staging", catalog),
+        expected,
+        "crash recovery rebuilt the clone's catalog from WAL"
+    );
+    catalog_checks_pass(&cluster, "staging");
+    assert_eq!(
+        rows(&cluster, "prod", "SELECT clone FROM cow.clones"),
+        ["staging"]
+    );
 }
