@@ -72,6 +72,29 @@ fn database_oid(name: &str) -> pg_sys::Oid {
     unsafe { pg_sys::get_database_oid(c_name.as_ptr(), true) }
 }
 
+/// Serializes clones to the same target name until commit, cluster-wide. Two
+/// racing clones would otherwise both pass the existence check and the loser
+/// would fail inside createdb with a unique violation instead of 42P04; now
+/// it waits, then sees the winner's database.
+fn lock_target_name(target: &str) {
+    // A lock tag no catalog uses: (class "cowclone clone target", hash of the name).
+    const TARGET_NAME_LOCK_CLASS: pg_sys::Oid = pg_sys::Oid::from_u32(0x636f_7763);
+    let hash = target.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    // SAFETY: a lock on a shared pseudo-object, released at transaction end;
+    // acquiring it also processes invalidations, so the existence check that
+    // follows sees a database the winner committed.
+    unsafe {
+        pg_sys::LockSharedObject(
+            TARGET_NAME_LOCK_CLASS,
+            pg_sys::Oid::from_u32(hash),
+            0,
+            pg_sys::ExclusiveLock as i32,
+        )
+    };
+}
+
 fn check_privileges(source: pg_sys::Oid, source_name: &str) {
     // SAFETY: plain privilege checks of the current user inside a transaction.
     let allowed = unsafe {
@@ -479,6 +502,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         )
         .raise();
     }
+    lock_target_name(target);
     if database_oid(target) != pg_sys::InvalidOid {
         CowError::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_DATABASE,

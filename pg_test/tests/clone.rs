@@ -382,3 +382,91 @@ fn bad_input_is_refused_and_leaves_nothing() {
     cluster.psql("postgres", "DROP DATABASE mine").unwrap();
     assert_eq!(footprint(&cluster), before);
 }
+
+#[test]
+fn a_clone_needs_a_free_replication_slot_and_says_so() {
+    let cluster =
+        start_test_cluster(|config| config.settings.push("max_replication_slots = 1".into()))
+            .unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'first')")
+        .unwrap();
+    let before = footprint(&cluster);
+    let mut client = cluster.connect("prod").unwrap();
+    let error = client
+        .batch_execute("SELECT cow.clone('prod', 'second')")
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&error),
+        "53400",
+        "configuration_limit_exceeded: {error}"
+    );
+    let hint = error
+        .as_db_error()
+        .and_then(|e| e.hint())
+        .unwrap_or_default()
+        .to_string();
+    assert!(hint.contains("max_replication_slots"), "{hint}");
+    client.batch_execute("SELECT 1").unwrap();
+    assert_eq!(footprint(&cluster), before, "nothing half-created");
+    // Dropping a clone frees its slot for the next one.
+    cluster.psql("postgres", "DROP DATABASE first").unwrap();
+    client
+        .batch_execute("SELECT cow.clone('prod', 'second')")
+        .unwrap();
+}
+
+#[test]
+fn a_clone_needs_wal_level_replica_and_says_so() {
+    let cluster = start_test_cluster(|config| {
+        config.settings.extend([
+            "wal_level = minimal".to_string(),
+            "max_wal_senders = 0".to_string(),
+        ])
+    })
+    .unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
+    let before = footprint(&cluster);
+    let mut client = cluster.connect("prod").unwrap();
+    let error = client
+        .batch_execute("SELECT cow.clone('prod', 'staging')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "55000", "{error}");
+    client.batch_execute("SELECT 1").unwrap();
+    assert_eq!(footprint(&cluster), before);
+}
+
+#[test]
+fn two_sessions_racing_for_one_target_leave_one_clone() {
+    let cluster = cluster_with_rich_source();
+    let before = footprint(&cluster);
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = cluster.connect("prod").unwrap();
+            std::thread::spawn(move || {
+                let outcome = client.batch_execute("SELECT cow.clone('prod', 'staging')");
+                client.batch_execute("SELECT 1").unwrap();
+                outcome.map_err(|e| sqlstate(&e))
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(outcomes.contains(&Err("42P04".to_string())), "{outcomes:?}");
+    let after = footprint(&cluster);
+    assert_eq!(after.databases.len(), before.databases.len() + 1);
+    assert_eq!(after.slots.len(), 1);
+    assert_eq!(
+        after.database_dirs.len(),
+        before.database_dirs.len() + 1,
+        "the loser left no directory"
+    );
+    catalog_checks_pass(&cluster, "staging");
+}
