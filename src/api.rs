@@ -10,6 +10,9 @@ pub mod cow {
     use pgrx::datum::TimestampWithTimeZone;
     use pgrx::prelude::*;
 
+    use pgrx::PgSqlErrorCode;
+
+    use crate::error::CowError;
     use crate::{clone, lineage, preload, snapshot};
 
     fn timestamp(raw: i64) -> TimestampWithTimeZone {
@@ -40,8 +43,8 @@ pub mod cow {
     #[pg_extern(volatile, parallel_unsafe, name = "clone")]
     #[allow(clippy::type_complexity)]
     fn clone_database(
-        source: &str,
-        target: &str,
+        source: Option<&str>,
+        target: Option<&str>,
     ) -> TableIterator<
         'static,
         (
@@ -55,6 +58,13 @@ pub mod cow {
             name!(elapsed_ms, f64),
         ),
     > {
+        let (Some(source), Some(target)) = (source, target) else {
+            CowError::new(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "cow.clone needs a source and a target database name",
+            )
+            .raise()
+        };
         let outcome = clone::clone_database(source, target);
         TableIterator::once((
             target.to_string(),

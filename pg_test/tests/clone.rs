@@ -321,6 +321,8 @@ fn bad_input_is_refused_and_leaves_nothing() {
     let mut client = cluster.connect("prod").unwrap();
     let refusals = [
         ("SELECT cow.clone('nope', 'x')", "3D000"),
+        ("SELECT cow.clone(NULL, 'x')", "22004"),
+        ("SELECT cow.clone('prod', NULL)", "22004"),
         ("SELECT cow.clone('prod', 'plain')", "42P04"),
         ("SELECT cow.clone('prod', 'prod')", "22023"),
         ("SELECT cow.clone('prod', '')", "22023"),
