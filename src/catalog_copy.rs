@@ -220,7 +220,12 @@ pub fn write_pages(locator: RelLocator, pages: &[Vec<u8>]) {
     unsafe {
         compat::extend_to(locator, main, last as u32, true);
         for (block, bytes) in pages.iter().enumerate() {
-            let buffer = compat::read_buffer_zeroed(locator, main, block as u32);
+            let buffer = compat::read_buffer(
+                locator,
+                main,
+                block as u32,
+                compat::BlockRead::ZeroedAndLocked,
+            );
             let page = pg_sys::BufferGetPage(buffer) as *mut u8;
             pg_sys::CritSectionCount += 1;
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), page, page::BLCKSZ);

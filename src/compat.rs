@@ -38,49 +38,33 @@ pub unsafe fn smgr_open(locator: RelLocator) -> pg_sys::SMgrRelation {
     unsafe { pg_sys::smgropen(locator, pg_sys::InvalidBackendId) }
 }
 
-/// Reads a block of any database's permanent relation through shared buffers.
+/// How `read_buffer` obtains a block.
+#[derive(Clone, Copy)]
+pub enum BlockRead {
+    /// The block as stored (read from disk if not in shared buffers).
+    Existing,
+    /// A zeroed page, returned exclusively locked; the block need not exist
+    /// on disk yet, only within the file's length.
+    ZeroedAndLocked,
+}
+
+/// A buffer for a block of any database's permanent relation.
 ///
 /// # Safety
-/// The block must exist; the caller must release the returned buffer.
+/// The block must be within the fork's length; the caller must release the buffer.
 pub unsafe fn read_buffer(
     locator: RelLocator,
     fork: pg_sys::ForkNumber::Type,
     block: u32,
+    how: BlockRead,
 ) -> pg_sys::Buffer {
-    // SAFETY: guaranteed by the caller; a null strategy means the default ring.
+    let mode = match how {
+        BlockRead::Existing => pg_sys::ReadBufferMode::RBM_NORMAL,
+        BlockRead::ZeroedAndLocked => pg_sys::ReadBufferMode::RBM_ZERO_AND_LOCK,
+    };
+    // SAFETY: guaranteed by the caller; a null strategy means the default one.
     unsafe {
-        pg_sys::ReadBufferWithoutRelcache(
-            locator,
-            fork,
-            block,
-            pg_sys::ReadBufferMode::RBM_NORMAL,
-            std::ptr::null_mut(),
-            true,
-        )
-    }
-}
-
-/// A zeroed, exclusively locked buffer for a block of a permanent relation of
-/// any database; the block need not exist on disk yet.
-///
-/// # Safety
-/// The relation's file must have been extended past `block`; the caller must
-/// release the buffer.
-pub unsafe fn read_buffer_zeroed(
-    locator: RelLocator,
-    fork: pg_sys::ForkNumber::Type,
-    block: u32,
-) -> pg_sys::Buffer {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        pg_sys::ReadBufferWithoutRelcache(
-            locator,
-            fork,
-            block,
-            pg_sys::ReadBufferMode::RBM_ZERO_AND_LOCK,
-            std::ptr::null_mut(),
-            true,
-        )
+        pg_sys::ReadBufferWithoutRelcache(locator, fork, block, mode, std::ptr::null_mut(), true)
     }
 }
 

@@ -232,7 +232,7 @@ pub fn copy_page(
     // SAFETY: the block exists (callers stay below block_count); the buffer
     // is pinned and share-locked while its page is read, and released after.
     unsafe {
-        let buffer = compat::read_buffer(locator, fork, block);
+        let buffer = compat::read_buffer(locator, fork, block, compat::BlockRead::Existing);
         pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
         let page_ptr = pg_sys::BufferGetPage(buffer) as *mut u8;
         let page_bytes = std::slice::from_raw_parts(page_ptr, page::BLCKSZ);
