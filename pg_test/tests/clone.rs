@@ -472,3 +472,65 @@ fn two_sessions_racing_for_one_target_leave_one_clone() {
     );
     catalog_checks_pass(&cluster, "staging");
 }
+
+/// `VACUUM (VERBOSE)` of one table in the source: (removed, dead but not yet removable).
+fn vacuum_counts(cluster: &Cluster, table: &str) -> (u64, u64) {
+    let output = cluster
+        .client_command("psql", "prod")
+        .args(["-X", "-q", "-c", &format!("VACUUM (VERBOSE) {table}")])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stderr).to_string();
+    let line = report
+        .lines()
+        .find(|l| l.contains("tuples:"))
+        .unwrap_or_else(|| panic!("no tuple counts in {report}"));
+    let number_before = |word: &str| -> u64 {
+        let at = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {line}"));
+        line[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (
+        number_before(" removed"),
+        number_before(" are dead but not yet removable"),
+    )
+}
+
+#[test]
+fn the_pin_holds_back_vacuum_exactly_for_what_the_clone_point_sees() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql("prod", "CREATE EXTENSION cowclone; CREATE TABLE t (i int) WITH (autovacuum_enabled = off); INSERT INTO t SELECT generate_series(1, 1000);")
+        .unwrap();
+    cluster
+        .psql("prod", "DELETE FROM t WHERE i <= 100")
+        .unwrap(); // dead before the clone point
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    cluster
+        .psql("prod", "DELETE FROM t WHERE i > 100 AND i <= 300")
+        .unwrap(); // dead after it
+
+    let (_, kept_for_clone) = vacuum_counts(&cluster, "t");
+    assert_eq!(
+        kept_for_clone, 200,
+        "rows the clone point sees stay; rows dead before it go"
+    );
+    assert_eq!(rows(&cluster, "prod", "SELECT count(*) FROM t"), ["700"]);
+
+    cluster.psql("postgres", "DROP DATABASE staging").unwrap();
+    let (removed, still_kept) = vacuum_counts(&cluster, "t");
+    assert_eq!(
+        (removed, still_kept),
+        (200, 0),
+        "dropping the clone releases its pin"
+    );
+}
