@@ -15,11 +15,11 @@ use crate::catalog_copy::{self, AccessMethodSwitch};
 use crate::compat::{self, DatabaseLocale};
 use crate::error::CowError;
 use crate::indexam;
-use crate::lineage::{self, CloneRecord};
+use crate::lineage::{self, CloneRecord, ShadowedStorage};
 use crate::preload;
 use crate::snapshot;
 use crate::source::{SourceDatabase, SourceRelation};
-use crate::{failpoint, reconcile};
+use crate::{failpoint, guard, reconcile};
 
 const DEFAULT_TABLESPACE: u32 = 1663;
 const NAMEDATALEN: usize = 64;
@@ -513,20 +513,12 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     check_privileges(source_oid, source_name);
 
     // Hold the source against DROP DATABASE (which takes AccessExclusiveLock)
-    // until commit, then make sure it did not vanish before we got the lock.
-    // Not ShareLock, as CREATE DATABASE takes on its template: PostgreSQL
-    // takes RowExclusiveLock on a database to create storage in it, so DDL in
-    // the source would wait for the clone. Concurrent DDL is safe: the copy is
-    // verified, and a catalog rewritten meanwhile is detected.
-    // SAFETY: a lock on a shared object, released at transaction end.
-    unsafe {
-        pg_sys::LockSharedObject(
-            pg_sys::DatabaseRelationId,
-            source_oid,
-            0,
-            pg_sys::AccessShareLock as i32,
-        )
-    };
+    // and order this clone with storage drops in the source (see guard.rs)
+    // until commit, then make sure the source did not vanish meanwhile. Not
+    // ShareLock, as CREATE DATABASE takes on its template: PostgreSQL takes
+    // RowExclusiveLock on a database to create storage in it, so DDL in the
+    // source would wait for the clone.
+    guard::lock_source(source_oid);
     let info = source_info(source_oid, source_name);
     if lineage::read_record(source_oid).is_some() {
         CowError::new(
@@ -592,6 +584,16 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         point: point.clone(),
         // SAFETY: reads the clock.
         created_at: unsafe { pg_sys::GetCurrentTimestamp() },
+        shadowed: relations
+            .iter()
+            .filter(|r| {
+                catalog_copy::is_shadowed(r.oid, r.kind, r.persistence) && r.relfilenode != 0
+            })
+            .map(|r| ShadowedStorage {
+                relfilenode: r.relfilenode,
+                name: r.name.clone(),
+            })
+            .collect(),
     });
     snapshot::persist_pin();
     set_pending(Some(Pending {

@@ -12,6 +12,7 @@ mod clone;
 mod compat;
 mod error;
 mod failpoint;
+mod guard;
 mod indexam;
 mod lineage;
 mod page;

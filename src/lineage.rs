@@ -12,15 +12,22 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
-use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CowError;
 use crate::snapshot::{self, ClonePoint};
 
-const MAGIC: &[u8; 8] = b"COWCLON1";
+const MAGIC: &[u8; 8] = b"COWCLON2";
 const STATE_DIR: &str = "pg_cowclone";
+
+/// A relation of the source whose storage a clone reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowedStorage {
+    pub relfilenode: u32,
+    /// The relation's name at the clone point, for error messages.
+    pub name: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloneRecord {
@@ -31,6 +38,8 @@ pub struct CloneRecord {
     pub depth: u32,
     pub point: ClonePoint,
     pub created_at: i64,
+    /// Storage in the source this clone reads (pg_default tablespace).
+    pub shadowed: Vec<ShadowedStorage>,
 }
 
 impl CloneRecord {
@@ -160,74 +169,6 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
-static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-
-/// Installs the utility hook; only ever called from the postmaster's `_PG_init`.
-pub fn install_hooks() {
-    // SAFETY: _PG_init runs once, single-threaded, before any backend exists.
-    unsafe {
-        PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
-    }
-}
-
-#[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    // SAFETY: PostgreSQL passes a valid planned utility statement.
-    let dropped = unsafe {
-        let node = (*pstmt).utilityStmt;
-        if (*node).type_ == pg_sys::NodeTag::T_DropdbStmt {
-            let stmt = node as *mut pg_sys::DropdbStmt;
-            Some(pg_sys::get_database_oid((*stmt).dbname, true))
-        } else {
-            None
-        }
-    };
-    // SAFETY: the arguments are passed through unchanged to the next hook or
-    // to standard_ProcessUtility, as every utility hook must; the previous
-    // hook is called inside pg_guard_ffi_boundary, which catches its longjmp.
-    #[allow(ffi_unwind_calls)]
-    unsafe {
-        match PREVIOUS_PROCESS_UTILITY {
-            Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                previous(
-                    pstmt,
-                    query_string,
-                    read_only_tree,
-                    context,
-                    params,
-                    query_env,
-                    dest,
-                    qc,
-                )
-            }),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
-    }
-    if let Some(database) = dropped.filter(|oid| *oid != pg_sys::InvalidOid) {
-        forget_clone(database);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +188,10 @@ mod tests {
                 taken_at: 1_000_000,
             },
             created_at: 1_000_100,
+            shadowed: vec![ShadowedStorage {
+                relfilenode: 16390,
+                name: "accounts".into(),
+            }],
         };
         assert_eq!(CloneRecord::decode(&record.encode()).unwrap(), record);
         assert!(CloneRecord::decode(b"something else").is_err());

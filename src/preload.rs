@@ -23,7 +23,7 @@ pub fn on_library_load() {
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     if preloading {
         LOADED_BY_POSTMASTER.store(true, Ordering::Relaxed);
-        crate::lineage::install_hooks();
+        crate::guard::install();
         crate::failpoint::define_setting();
         crate::workers::register();
     }

@@ -1,0 +1,259 @@
+//! The source guard: a source database must not drop or rewrite storage a
+//! live clone still reads.
+//!
+//! Every way PostgreSQL drops or rewrites a relation's storage (DROP of a
+//! table, index, materialized view or schema, DROP OWNED, TRUNCATE, VACUUM
+//! FULL, CLUSTER, REINDEX, rewriting ALTER TABLE, REFRESH MATERIALIZED VIEW,
+//! SET TABLESPACE) ends the same way: the old files are scheduled for unlink
+//! at commit. So one check at `PRE_COMMIT` covers them all: if the committing
+//! transaction would unlink a file that a clone of this database shadows, it
+//! fails with 2BP01 naming the clone. `DROP DATABASE` and `ALTER DATABASE ...
+//! SET TABLESPACE` of a source are refused by the utility hook, as is
+//! `REINDEX ... CONCURRENTLY` there (its early transactions already swap the
+//! index in); the hook also forgets a clone whose own database is dropped.
+//!
+//! A clone being made holds `ShareUpdateExclusiveLock` on its source's
+//! database object until it commits, and the commit check takes the same
+//! lock: a drop either commits before the clone point is taken (and the
+//! clone never sees the relation) or is checked against the new clone.
+
+use std::ffi::CStr;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use crate::error::CowError;
+use crate::lineage::{self, CloneRecord};
+
+const DEFAULT_TABLESPACE: u32 = 1663;
+
+pub fn install() {
+    // SAFETY: _PG_init runs once in the postmaster, single-threaded, before
+    // any backend exists; backends inherit the callback and the hook.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(check_storage_at_commit), std::ptr::null_mut());
+        PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+/// The lock that orders clone creation against storage drops in a source.
+pub fn lock_source(source: pg_sys::Oid) {
+    // SAFETY: a lock on a shared object, released at transaction end. Among
+    // the modes DDL takes on a database object (RowExclusiveLock to create
+    // storage) it conflicts only with itself, so DDL never waits for a clone.
+    unsafe {
+        pg_sys::LockSharedObject(
+            pg_sys::DatabaseRelationId,
+            source,
+            0,
+            pg_sys::ShareUpdateExclusiveLock as i32,
+        )
+    };
+}
+
+fn database_name(oid: u32) -> Option<String> {
+    // SAFETY: a syscache lookup inside a transaction; null when missing.
+    let name = unsafe { pg_sys::get_database_name(pg_sys::Oid::from(oid)) };
+    // SAFETY: a palloc'd NUL-terminated string when not null.
+    (!name.is_null()).then(|| {
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// The live clones of a database, with their names.
+fn clones_of(source: pg_sys::Oid) -> Vec<(String, CloneRecord)> {
+    lineage::all_records()
+        .into_iter()
+        .filter(|r| r.source == u32::from(source))
+        .filter_map(|r| Some((database_name(r.clone)?, r)))
+        .collect()
+}
+
+fn list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Relfilenodes of this database that the committing transaction would unlink.
+fn storage_dropped_at_commit() -> Vec<u32> {
+    let mut nodes: *mut pg_sys::RelFileNode = std::ptr::null_mut();
+    // SAFETY: returns a palloc'd array of `count` entries (or none).
+    unsafe {
+        let count = pg_sys::smgrGetPendingDeletes(true, &mut nodes);
+        (0..count.max(0) as usize)
+            .map(|i| *nodes.add(i))
+            .filter(|n| {
+                n.dbNode == pg_sys::MyDatabaseId && u32::from(n.spcNode) == DEFAULT_TABLESPACE
+            })
+            .map(|n| u32::from(n.relNode))
+            .collect()
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_storage_at_commit(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT {
+        return;
+    }
+    let dropped = storage_dropped_at_commit();
+    if dropped.is_empty() {
+        return;
+    }
+    // SAFETY: MyDatabaseId is set for the life of a connected backend.
+    let this_database = unsafe { pg_sys::MyDatabaseId };
+    lock_source(this_database);
+    let mut clones = Vec::new();
+    let mut relations = Vec::new();
+    for (clone, record) in clones_of(this_database) {
+        let hits: Vec<String> = record
+            .shadowed
+            .iter()
+            .filter(|s| dropped.contains(&s.relfilenode))
+            .map(|s| s.name.clone())
+            .collect();
+        if !hits.is_empty() {
+            clones.push(clone);
+            relations.extend(hits);
+        }
+    }
+    if clones.is_empty() {
+        return;
+    }
+    relations.sort();
+    relations.dedup();
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        format!("cannot drop or rewrite the storage of {} because clone {} still reads it", list(&relations), list(&clones)),
+    )
+    .detail("A clone reads its source's files as of its clone point; this command would remove or replace them.")
+    .hint(format!("Drop the clone first (DROP DATABASE {}); materializing it is not built yet.", clones[0]))
+    .raise()
+}
+
+fn refuse_if_source(database: pg_sys::Oid, what: &str) {
+    if database == pg_sys::InvalidOid {
+        return;
+    }
+    let clones: Vec<String> = clones_of(database)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    if clones.is_empty() {
+        return;
+    }
+    let source = database_name(u32::from(database)).unwrap_or_default();
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        format!(
+            "cannot {what} database \"{source}\" because clone {} still reads it",
+            list(&clones)
+        ),
+    )
+    .detail("A clone reads its source's files as of its clone point.")
+    .hint(format!(
+        "Drop the clone first (DROP DATABASE {}); materializing it is not built yet.",
+        clones[0]
+    ))
+    .raise()
+}
+
+fn option_named(options: *mut pg_sys::List, wanted: &str) -> bool {
+    if options.is_null() {
+        return false;
+    }
+    // SAFETY: a parser-built, non-empty list of DefElem nodes.
+    unsafe {
+        (0..(*options).length.max(0) as usize).any(|i| {
+            let def = (*(*options).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
+            CStr::from_ptr((*def).defname).to_str() == Ok(wanted)
+        })
+    }
+}
+
+static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    let dropped_database = unsafe {
+        let node = (*pstmt).utilityStmt;
+        match (*node).type_ {
+            pg_sys::NodeTag::T_DropdbStmt => {
+                let stmt = node as *mut pg_sys::DropdbStmt;
+                let oid = pg_sys::get_database_oid((*stmt).dbname, true);
+                refuse_if_source(oid, "drop");
+                Some(oid)
+            }
+            pg_sys::NodeTag::T_AlterDatabaseStmt => {
+                let stmt = node as *mut pg_sys::AlterDatabaseStmt;
+                if option_named((*stmt).options, "tablespace") {
+                    refuse_if_source(pg_sys::get_database_oid((*stmt).dbname, true), "move");
+                }
+                None
+            }
+            // Its first transactions swap in the new index; refusing only the
+            // final drop of the old one would leave it behind as an invalid
+            // index under another name. Refuse it whole.
+            pg_sys::NodeTag::T_ReindexStmt => {
+                let stmt = node as *mut pg_sys::ReindexStmt;
+                if option_named((*stmt).params, "concurrently") {
+                    refuse_if_source(pg_sys::MyDatabaseId, "REINDEX CONCURRENTLY in");
+                }
+                None
+            }
+            _ => None,
+        }
+    };
+    // SAFETY: the arguments are passed through unchanged to the next hook or
+    // to standard_ProcessUtility, as every utility hook must; the previous
+    // hook is called inside pg_guard_ffi_boundary, which catches its longjmp.
+    #[allow(ffi_unwind_calls)]
+    unsafe {
+        match PREVIOUS_PROCESS_UTILITY {
+            Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                previous(
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc,
+                )
+            }),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+    if let Some(database) = dropped_database.filter(|oid| *oid != pg_sys::InvalidOid) {
+        lineage::forget_clone(database);
+    }
+}
