@@ -126,6 +126,16 @@ pub fn run(pg: &PgInstall, options: &BenchOptions) -> Result<()> {
         cluster.psql(&source, "CREATE EXTENSION cowclone")?;
         cluster.psql("postgres", "CHECKPOINT")?;
         let source_bytes = size_of(&cluster, &source)?;
+        // One discarded clone first: the first one after building a source
+        // pays for cold caches (template0, the source's catalog pages).
+        create(
+            &cluster,
+            Method::Cowclone,
+            &source,
+            &format!("{source}_warmup"),
+        )?;
+        cluster.psql("postgres", &format!("DROP DATABASE {source}_warmup"))?;
+        cluster.psql("postgres", "CHECKPOINT")?;
         let mut reindex_seconds = Vec::new();
         for method in METHODS {
             let mut times = Vec::new();
@@ -425,7 +435,8 @@ fn write_docs(table: &str, summary: &str, machine: &str, results: &[Measurement]
          rerun it to reproduce them). Machine: {machine}.\n\n\
          ## Creating a database from a live source\n\n\
          Each method makes a new database from a pgbench source of the given scale on one throwaway cluster \
-         (fsync on, `shared_buffers = 256MB`). Times are client-side wall clock, median of the runs; \
+         (fsync on, `shared_buffers = 256MB`), after one discarded warm-up clone. Times are client-side \
+         wall clock, median of the runs; \
          \"adds on disk\" is `pg_database_size` of the new database; \"WAL written\" is the WAL the creation \
          generated. The last column repeats each method once while `pgbench -c 4` writes to the source.\n\n\
          {table}\n{summary}\n\n\
