@@ -105,6 +105,14 @@ pub fn run(pg: &PgInstall) -> Result<()> {
     ));
     drop(branch);
 
+    let guarded = match cloner.simple_query("TRUNCATE pgbench_history") {
+        Ok(_) => "it was not refused".to_string(),
+        Err(e) => Error::from(e).to_string(),
+    };
+    step(&format!(
+        "The source guard: TRUNCATE pgbench_history in prod, whose files staging reads:\n   ERROR: {guarded}"
+    ));
+
     admin.batch_execute("DROP DATABASE staging")?;
     step(&format!(
         "DROP DATABASE staging releases its pin: {} cowclone slots left.",
