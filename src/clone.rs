@@ -21,7 +21,6 @@ use crate::snapshot;
 use crate::source::{SourceDatabase, SourceRelation};
 use crate::{failpoint, guard, reconcile};
 
-const DEFAULT_TABLESPACE: u32 = 1663;
 const NAMEDATALEN: usize = 64;
 /// pg_db_role_setting (not in pgrx's bindings).
 const DB_ROLE_SETTING_RELATION_ID: pg_sys::Oid = pg_sys::Oid::from_u32(2964);
@@ -180,13 +179,26 @@ fn access_method_switch(
     AccessMethodSwitch { replacement }
 }
 
+/// The source's relations as `snapshot` sees them and the access methods
+/// its shadowed ones get, refusing what this version cannot shadow.
+fn shadowing_plan(
+    source: &SourceDatabase,
+    snapshot: pg_sys::Snapshot,
+    source_name: &str,
+) -> (Vec<SourceRelation>, AccessMethodSwitch) {
+    let relations = source.relations(snapshot);
+    let switch = access_method_switch(source, &relations, snapshot, source_name);
+    check_supported(&relations, &switch);
+    (relations, switch)
+}
+
 /// Refuses sources with relations this version cannot shadow.
 fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
     for rel in relations
         .iter()
         .filter(|r| !r.is_system() && r.persistence != b't')
     {
-        if rel.tablespace != 0 && rel.tablespace != DEFAULT_TABLESPACE {
+        if rel.tablespace != 0 && rel.tablespace != pg_sys::DEFAULTTABLESPACE_OID.to_u32() {
             CowError::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!(
@@ -266,7 +278,7 @@ unsafe extern "C-unwind" fn on_transaction_end(
 }
 
 pub fn remove_clone_files(clone: pg_sys::Oid) {
-    let tablespace = pg_sys::Oid::from(DEFAULT_TABLESPACE);
+    let tablespace = pg_sys::DEFAULTTABLESPACE_OID;
     let dir = crate::source::database_dir(clone, tablespace);
     // SAFETY: the database never became visible, so nobody else uses its
     // buffers or files; the WAL record is the one dropdb writes.
@@ -297,9 +309,7 @@ pub fn remove_clone_files(clone: pg_sys::Oid) {
 /// trustworthy if every catalog still has the storage T's pg_class names.
 fn check_catalog_not_rewritten(source: &SourceDatabase, at_clone_point: &[SourceRelation]) {
     let current_source = SourceDatabase::open(source.oid, source.tablespace);
-    // SAFETY: a fresh MVCC snapshot, registered while it is used.
-    let now =
-        snapshot::HeldSnapshot(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) });
+    let now = snapshot::HeldSnapshot::latest();
     let current = current_source.relations(now.0);
     let rewritten = current_source.relation_map != source.relation_map
         || at_clone_point
@@ -437,7 +447,7 @@ fn create_local_storage(
     source: &SourceDatabase,
     relations: &[SourceRelation],
 ) -> i64 {
-    let tablespace = pg_sys::Oid::from(DEFAULT_TABLESPACE);
+    let tablespace = pg_sys::DEFAULTTABLESPACE_OID;
     let mut shadowed = 0;
     for rel in relations
         .iter()
@@ -529,7 +539,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         .hint("Clone the original source database instead.")
         .raise();
     }
-    if u32::from(info.tablespace) != DEFAULT_TABLESPACE {
+    if info.tablespace != pg_sys::DEFAULTTABLESPACE_OID {
         CowError::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("database \"{source_name}\" is not in tablespace pg_default"),
@@ -540,13 +550,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     let source = SourceDatabase::open(source_oid, info.tablespace);
 
     // Refuse what cannot be cloned before creating anything.
-    // SAFETY: a fresh MVCC snapshot, registered for the duration of the check.
-    let preview =
-        snapshot::HeldSnapshot(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) });
-    let relations = source.relations(preview.0);
-    let switch = access_method_switch(&source, &relations, preview.0, source_name);
-    check_supported(&relations, &switch);
-    drop(preview);
+    shadowing_plan(&source, snapshot::HeldSnapshot::latest().0, source_name);
 
     let clone = create_database_shell(target, &info.locale);
     set_pending(Some(Pending {
@@ -560,17 +564,15 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
 
     let (clone_point, point) = snapshot::pin_and_take(clone);
     failpoint::reached("after_pin");
-    let relations = source.relations(clone_point.0);
-    let switch = access_method_switch(&source, &relations, clone_point.0, source_name);
-    check_supported(&relations, &switch);
+    let (relations, switch) = shadowing_plan(&source, clone_point.0, source_name);
     let copies = catalog_copy::copy_catalog(&source, &relations, clone_point.0, &switch);
 
     // SAFETY: nobody can use the clone before commit; template0's pages copied
     // by createdb are discarded before the files are rewritten underneath them.
     unsafe { pg_sys::DropDatabaseBuffers(clone) };
-    catalog_copy::write_catalog(clone, pg_sys::Oid::from(DEFAULT_TABLESPACE), &copies);
+    catalog_copy::write_catalog(clone, pg_sys::DEFAULTTABLESPACE_OID, &copies);
     // SAFETY: both databases live in pg_default; the clone is not in use.
-    unsafe { compat::copy_relation_map(source_oid, clone, pg_sys::Oid::from(DEFAULT_TABLESPACE)) };
+    unsafe { compat::copy_relation_map(source_oid, clone, pg_sys::DEFAULTTABLESPACE_OID) };
     check_catalog_not_rewritten(&source, &relations);
     let shadowed = create_local_storage(clone, &source, &relations);
     drop(clone_point);

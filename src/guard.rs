@@ -25,8 +25,6 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use crate::error::CowError;
 use crate::lineage::{self, CloneRecord};
 
-const DEFAULT_TABLESPACE: u32 = 1663;
-
 pub fn install() {
     // SAFETY: _PG_init runs once in the postmaster, single-threaded, before
     // any backend exists; backends inherit the callback and the hook.
@@ -89,7 +87,7 @@ fn storage_dropped_at_commit() -> Vec<u32> {
         (0..count.max(0) as usize)
             .map(|i| *nodes.add(i))
             .filter(|n| {
-                n.dbNode == pg_sys::MyDatabaseId && u32::from(n.spcNode) == DEFAULT_TABLESPACE
+                n.dbNode == pg_sys::MyDatabaseId && n.spcNode == pg_sys::DEFAULTTABLESPACE_OID
             })
             .map(|n| u32::from(n.relNode))
             .collect()

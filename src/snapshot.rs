@@ -35,6 +35,15 @@ pub fn slot_name(clone: pg_sys::Oid) -> String {
 /// A registered snapshot, unregistered when dropped.
 pub struct HeldSnapshot(pub pg_sys::Snapshot);
 
+impl HeldSnapshot {
+    /// A fresh MVCC snapshot of the whole cluster, registered until dropped.
+    pub fn latest() -> Self {
+        // SAFETY: inside a transaction; RegisterSnapshot copies the static
+        // snapshot GetLatestSnapshot returns.
+        Self(unsafe { pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()) })
+    }
+}
+
 impl Drop for HeldSnapshot {
     fn drop(&mut self) {
         if !std::thread::panicking() {
@@ -82,8 +91,8 @@ pub fn pin_and_take(clone: pg_sys::Oid) -> (HeldSnapshot, ClonePoint) {
         pg_sys::ReplicationSlotsComputeRequiredXmin(true);
         pg_sys::LWLockRelease(lock);
 
-        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-        let held = HeldSnapshot(snapshot);
+        let held = HeldSnapshot::latest();
+        let snapshot = held.0;
         set_slot_xmin((*snapshot).xmin);
         pg_sys::ReplicationSlotsComputeRequiredXmin(false);
 
