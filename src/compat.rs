@@ -68,6 +68,61 @@ pub unsafe fn read_buffer(
     }
 }
 
+/// A buffer for a block of a relation's main fork in any database, read
+/// with a buffer access strategy (null: the default one).
+///
+/// # Safety
+/// The block must exist; the caller must release the buffer.
+pub unsafe fn read_buffer_shared(
+    locator: RelLocator,
+    block: u32,
+    strategy: pg_sys::BufferAccessStrategy,
+    permanent: bool,
+) -> pg_sys::Buffer {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        pg_sys::ReadBufferWithoutRelcache(
+            locator,
+            pg_sys::ForkNumber::MAIN_FORKNUM,
+            block,
+            pg_sys::ReadBufferMode::RBM_NORMAL,
+            strategy,
+            permanent,
+        )
+    }
+}
+
+/// The relfilenode a relation's storage is named after.
+///
+/// # Safety
+/// `rel` must be a valid relation.
+pub unsafe fn relfilenode_of(rel: pg_sys::Relation) -> pg_sys::Oid {
+    // SAFETY: guaranteed by the caller.
+    unsafe { (*rel).rd_node.relNode }
+}
+
+/// Points a (copied) relation descriptor at other storage.
+///
+/// # Safety
+/// `rel` must be a valid, writable relation descriptor.
+pub unsafe fn set_relation_locator(rel: pg_sys::Relation, locator: RelLocator) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { (*rel).rd_node = locator };
+}
+
+/// Stops an smgr handle from pointing back at `owner`, which is about to be freed.
+///
+/// # Safety
+/// `owner` must be the address of a relation's `rd_smgr` field.
+pub unsafe fn release_smgr_owner(owner: *mut pg_sys::SMgrRelation) {
+    // SAFETY: guaranteed by the caller; smgrclearowner ignores handles owned by others.
+    unsafe {
+        if !(*owner).is_null() {
+            pg_sys::smgrclearowner(owner, *owner);
+        }
+    }
+}
+
 /// Extends a fork so that `block` exists, writing one zero page there.
 /// `skip_fsync`: the caller makes the contents durable another way (WAL).
 ///
@@ -114,12 +169,23 @@ pub unsafe fn log_newpage(
 // catches the longjmp and turns it into a Rust-safe error.
 unsafe extern "C" {
     fn log_smgrcreate(rnode: *const pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type);
+    fn PredicateLockRelation(relation: pg_sys::Relation, snapshot: pg_sys::Snapshot);
     fn RelationMapCopy(
         dbid: pg_sys::Oid,
         tsid: pg_sys::Oid,
         srcdbpath: *mut c_char,
         dstdbpath: *mut c_char,
     );
+}
+
+/// Takes a serializable transaction's relation-level read lock, as heapam
+/// does for sequential scans (a no-op outside SERIALIZABLE).
+///
+/// # Safety
+/// `rel` must be open; `snapshot` valid.
+pub unsafe fn predicate_lock_relation(rel: pg_sys::Relation, snapshot: pg_sys::Snapshot) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| PredicateLockRelation(rel, snapshot)) }
 }
 
 /// Creates the init fork of an unlogged relation, WAL-logged.

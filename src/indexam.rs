@@ -5,12 +5,23 @@
 //! changes to the wrapper of its original AM. Each wrapper reports exactly the
 //! capabilities of the AM it wraps (so the planner, `pg_get_indexdef` and
 //! `\d` treat it the same) and delegates option parsing, validation and cost
-//! estimation. Until the read path exists (issue #4), building, inserting,
-//! vacuuming and scanning refuse with `feature_not_supported`.
+//! estimation.
+//!
+//! A scan reads the source's index file with the wrapped AM's own code,
+//! through a copy of the clone's index descriptor pointed at the source's
+//! storage (same definition, same OIDs), and moves every TID it returns into
+//! the source TID space; the table AM then judges each row with T. The copy
+//! never lets the source index be written: killed-item hints are never
+//! passed on, and the inner scan runs under SnapshotAny so it takes no
+//! predicate locks naming the source's pages. The clone's own (local) part
+//! of each index stays empty until writes exist (issue #5), which refuse
+//! with `feature_not_supported` together with index builds and vacuum.
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
+use crate::clone_view;
+use crate::compat;
 use crate::error::CowError;
 use crate::tableam::relation_name;
 
@@ -31,8 +42,8 @@ fn refuse(what: &str, index: pg_sys::Relation) -> ! {
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
         format!("cannot {what} shadowed index \"{name}\" yet"),
     )
-    .detail("Its entries still live in the source database; index access through a clone is not built yet.")
-    .hint("This build of cowclone clones the schema only (issue #4 adds reads, #5 writes).")
+    .detail("Its entries still live in the source database; writing them through a clone is not built yet.")
+    .hint("This build of cowclone reads clones; writes come with issue #5.")
     .raise()
 }
 
@@ -81,78 +92,379 @@ unsafe extern "C-unwind" fn amvacuumcleanup(
     info: *mut pg_sys::IndexVacuumInfo,
     _stats: *mut pg_sys::IndexBulkDeleteResult,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
+    // ANALYZE asks every index for cleanup with nothing deleted: nothing to do.
     // SAFETY: as above.
-    refuse("vacuum", unsafe { (*info).index })
+    unsafe {
+        if (*info).analyze_only {
+            return std::ptr::null_mut();
+        }
+        refuse("vacuum", (*info).index)
+    }
+}
+
+/// The AM a wrapper wraps, from the wrapper's name.
+///
+/// # Safety
+/// `index` must be a valid index relation using one of the wrappers.
+unsafe fn wrapped_am(index: pg_sys::Relation) -> pg_sys::Oid {
+    // SAFETY: guaranteed by the caller; get_am_name returns a palloc'd copy.
+    let name = unsafe {
+        let name = pg_sys::get_am_name((*(*index).rd_rel).relam);
+        if name.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    WRAPPED
+        .iter()
+        .find(|(wrapper, _, _)| *wrapper == name)
+        .map(|(_, oid, _)| pg_sys::Oid::from(*oid))
+        .unwrap_or_else(|| {
+            CowError::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("access method \"{name}\" is not a cowclone index wrapper"),
+            )
+            .raise()
+        })
+}
+
+/// A copy of a clone's index descriptor that reads the source's index file.
+///
+/// Lives in its own memory context: the wrapped AM caches metapages and
+/// support functions there (never in the clone's relcache entry, whose
+/// caches describe the local file), and deleting the context releases the
+/// storage handle's pointer back into the copy.
+struct SourceIndex {
+    rel: pg_sys::Relation,
+    context: pg_sys::MemoryContext,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_smgr_owner(copy: *mut std::ffi::c_void) {
+    // SAFETY: registered with the address of a copied descriptor that lives
+    // in the context being reset; its rd_smgr field is still readable.
+    unsafe { compat::release_smgr_owner(&mut (*(copy as pg_sys::Relation)).rd_smgr) };
+}
+
+impl SourceIndex {
+    /// None when the index does not shadow source storage.
+    ///
+    /// # Safety
+    /// `index` must be a valid, open index relation using a wrapper AM.
+    unsafe fn open(index: pg_sys::Relation) -> Option<Self> {
+        // SAFETY: guaranteed by the caller; the copy only borrows the
+        // relcache entry's descriptor arrays, which stay valid while the
+        // index is open (relcache rebuilds open indexes in place).
+        unsafe {
+            let view = clone_view::current()?;
+            let locator = view.source_locator(compat::relfilenode_of(index))?;
+            let context = pg_sys::AllocSetContextCreateInternal(
+                pg_sys::CurrentMemoryContext,
+                c"cowclone source index".as_ptr(),
+                0,
+                1024,
+                8 * 1024,
+            );
+            let rel = pg_sys::MemoryContextAllocZero(
+                context,
+                std::mem::size_of::<pg_sys::RelationData>(),
+            ) as pg_sys::Relation;
+            std::ptr::copy_nonoverlapping(index, rel, 1);
+            compat::set_relation_locator(rel, locator);
+            (*rel).rd_smgr = std::ptr::null_mut();
+            (*rel).rd_amcache = std::ptr::null_mut();
+            (*rel).rd_indexcxt = context;
+            (*rel).pgstat_info = std::ptr::null_mut();
+            (*rel).pgstat_enabled = false;
+            let old = pg_sys::MemoryContextSwitchTo(context);
+            (*rel).rd_indam = pg_sys::GetIndexAmRoutineByAmId(wrapped_am(index), false);
+            pg_sys::MemoryContextSwitchTo(old);
+            let support =
+                (*(*rel).rd_indam).amsupport as usize * (*(*index).rd_rel).relnatts as usize;
+            (*rel).rd_supportinfo = pg_sys::MemoryContextAllocZero(
+                context,
+                support.max(1) * std::mem::size_of::<pg_sys::FmgrInfo>(),
+            ) as *mut pg_sys::FmgrInfo;
+            let callback = pg_sys::MemoryContextAllocZero(
+                context,
+                std::mem::size_of::<pg_sys::MemoryContextCallback>(),
+            ) as *mut pg_sys::MemoryContextCallback;
+            (*callback).func = Some(forget_smgr_owner);
+            (*callback).arg = rel.cast();
+            pg_sys::MemoryContextRegisterResetCallback(context, callback);
+            Some(Self { rel, context })
+        }
+    }
+
+    fn routine(&self) -> &pg_sys::IndexAmRoutine {
+        // SAFETY: set in open() to the wrapped AM's routine, allocated in the context.
+        unsafe { &*(*self.rel).rd_indam }
+    }
+
+    fn close(self) {
+        // SAFETY: the context holds the copy and the wrapped routine; nothing
+        // else points into it once the inner scan has ended.
+        unsafe { pg_sys::MemoryContextDelete(self.context) };
+    }
+}
+
+/// The state of a scan of a shadowed index, in the outer scan's `opaque`.
+struct CowIndexScan {
+    source: Option<SourceIndex>,
+    inner: pg_sys::IndexScanDesc,
+}
+
+/// # Safety
+/// `scan` must be a scan begun by `ambeginscan`.
+unsafe fn state<'a>(scan: pg_sys::IndexScanDesc) -> &'a mut CowIndexScan {
+    // SAFETY: guaranteed by the caller.
+    unsafe { &mut *((*scan).opaque as *mut CowIndexScan) }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn ambeginscan(
     index: pg_sys::Relation,
-    _nkeys: std::ffi::c_int,
-    _norderbys: std::ffi::c_int,
+    nkeys: std::ffi::c_int,
+    norderbys: std::ffi::c_int,
 ) -> pg_sys::IndexScanDesc {
-    refuse("scan", index)
-}
-
-/// Planning asks whether the index can return values (SP-GiST reads its
-/// metapage to answer) and what a scan costs (GIN and BRIN read metapage
-/// statistics): both would read the empty local part, so planning a query
-/// that could use a shadowed index refuses, naming the table the user touched.
-fn refuse_planning(index: pg_sys::Oid) -> ! {
-    // SAFETY: catalog lookups by OID inside a transaction; a missing name is
-    // shown as the OID.
-    let (table, index_name) = unsafe {
-        let table = pg_sys::IndexGetRelation(index, true);
-        (relation_name_of(table), relation_name_of(index))
-    };
-    CowError::new(PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, format!("cannot scan shadowed table \"{table}\" yet"))
-        .detail(format!(
-            "Planning considered its index \"{index_name}\"; the rows still live in the source database and reading them through a clone is not built yet."
-        ))
-        .hint("This build of cowclone clones the schema only (issue #4 adds reads, #5 writes).")
-        .raise()
-}
-
-/// # Safety
-/// Must run inside a transaction.
-unsafe fn relation_name_of(oid: pg_sys::Oid) -> String {
-    // SAFETY: guaranteed by the caller; get_rel_name returns a palloc'd copy or null.
-    let name = unsafe { pg_sys::get_rel_name(oid) };
-    if name.is_null() {
-        u32::from(oid).to_string()
-    } else {
-        // SAFETY: a NUL-terminated string from the syscache.
-        unsafe { std::ffi::CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned()
+    // SAFETY: PostgreSQL passes a valid, open index. The inner scan's fields
+    // that index_beginscan_internal would set are set here, as the inner
+    // scan is begun by hand.
+    unsafe {
+        let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
+        let source = SourceIndex::open(index);
+        let inner = match &source {
+            Some(source) => {
+                let begin = source.routine().ambeginscan.expect("every AM begins scans");
+                let inner = pg_call!(begin(source.rel, nkeys, norderbys));
+                (*inner).parallel_scan = std::ptr::null_mut();
+                (*inner).xs_heapfetch = std::ptr::null_mut();
+                (*inner).xs_snapshot = &raw mut pg_sys::SnapshotAnyData;
+                (*inner).xs_temp_snap = false;
+                inner
+            }
+            None => std::ptr::null_mut(),
+        };
+        let state = pg_sys::palloc0(std::mem::size_of::<CowIndexScan>()) as *mut CowIndexScan;
+        std::ptr::write(state, CowIndexScan { source, inner });
+        (*scan).opaque = state.cast();
+        scan
     }
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn amcanreturn(index: pg_sys::Relation, _attno: std::ffi::c_int) -> bool {
-    // SAFETY: PostgreSQL passes a valid, open index.
-    refuse_planning(unsafe { (*index).rd_id })
+unsafe extern "C-unwind" fn amrescan(
+    scan: pg_sys::IndexScanDesc,
+    keys: pg_sys::ScanKey,
+    nkeys: std::ffi::c_int,
+    orderbys: pg_sys::ScanKey,
+    norderbys: std::ffi::c_int,
+) {
+    // SAFETY: a scan begun by ambeginscan; keys are the executor's.
+    unsafe {
+        let state = state(scan);
+        let (Some(source), inner) = (&state.source, state.inner) else {
+            return;
+        };
+        (*inner).heapRelation = (*scan).heapRelation;
+        (*inner).xs_want_itup = (*scan).xs_want_itup;
+        (*inner).ignore_killed_tuples = true;
+        (*inner).kill_prior_tuple = false;
+        let rescan = source.routine().amrescan.expect("every AM rescans");
+        pg_call!(rescan(inner, keys, nkeys, orderbys, norderbys));
+    }
 }
 
 #[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn amcostestimate(
-    _root: *mut pg_sys::PlannerInfo,
-    path: *mut pg_sys::IndexPath,
-    _loop_count: f64,
-    _startup_cost: *mut pg_sys::Cost,
-    _total_cost: *mut pg_sys::Cost,
-    _selectivity: *mut pg_sys::Selectivity,
-    _correlation: *mut f64,
-    _pages: *mut f64,
-) {
-    // SAFETY: the planner passes a valid path whose indexinfo names the index.
-    refuse_planning(unsafe { (*(*path).indexinfo).indexoid })
+unsafe extern "C-unwind" fn amgettuple(
+    scan: pg_sys::IndexScanDesc,
+    direction: pg_sys::ScanDirection::Type,
+) -> bool {
+    // SAFETY: a scan begun by ambeginscan and rescanned; the inner scan's
+    // results stay valid until its next call, as the outer's must.
+    unsafe {
+        let state = state(scan);
+        let (Some(source), inner) = (&state.source, state.inner) else {
+            return false;
+        };
+        (*inner).kill_prior_tuple = false;
+        let get = source
+            .routine()
+            .amgettuple
+            .expect("amgettuple is only called when the AM has it");
+        if !pg_call!(get(inner, direction)) {
+            return false;
+        }
+        let tid = (*inner).xs_heaptid;
+        (*scan).xs_heaptid = clone_view::source_tid(clone_view::block_of(&tid), tid.ip_posid);
+        (*scan).xs_recheck = (*inner).xs_recheck;
+        (*scan).xs_itup = (*inner).xs_itup;
+        (*scan).xs_itupdesc = (*inner).xs_itupdesc;
+        (*scan).xs_hitup = (*inner).xs_hitup;
+        (*scan).xs_hitupdesc = (*inner).xs_hitupdesc;
+        (*scan).xs_orderbyvals = (*inner).xs_orderbyvals;
+        (*scan).xs_orderbynulls = (*inner).xs_orderbynulls;
+        (*scan).xs_recheckorderby = (*inner).xs_recheckorderby;
+        true
+    }
 }
 
-/// The wrapped AM's routine with the refusing callbacks in place.
-/// `amgettuple` and `amgetbitmap` stay the wrapped AM's: they are only reached
-/// through a scan that `ambeginscan` began, so the capabilities reported stay identical.
+/// The inner scan fills a private bitmap with source TIDs; they are moved
+/// into the source TID space page by page (lossy pages stay lossy).
+#[pg_guard]
+unsafe extern "C-unwind" fn amgetbitmap(
+    scan: pg_sys::IndexScanDesc,
+    tbm: *mut pg_sys::TIDBitmap,
+) -> i64 {
+    // SAFETY: a scan begun by ambeginscan and rescanned; the private bitmap
+    // and its iterator are freed before returning.
+    unsafe {
+        let state = state(scan);
+        let (Some(source), inner) = (&state.source, state.inner) else {
+            return 0;
+        };
+        let get = source
+            .routine()
+            .amgetbitmap
+            .expect("amgetbitmap is only called when the AM has it");
+        let own = pg_sys::tbm_create(
+            pg_sys::work_mem as std::ffi::c_long * 1024,
+            std::ptr::null_mut(),
+        );
+        let found = pg_call!(get(inner, own));
+        let iterator = pg_sys::tbm_begin_iterate(own);
+        let mut tids: Vec<pg_sys::ItemPointerData> = Vec::new();
+        loop {
+            let page = pg_sys::tbm_iterate(iterator);
+            if page.is_null() {
+                break;
+            }
+            let block = (*page).blockno;
+            if (*page).ntuples < 0 {
+                pg_sys::tbm_add_page(tbm, block + clone_view::SOURCE_BLOCK_BASE);
+                continue;
+            }
+            let offsets =
+                std::slice::from_raw_parts((*page).offsets.as_ptr(), (*page).ntuples as usize);
+            tids.clear();
+            tids.extend(
+                offsets
+                    .iter()
+                    .map(|&offset| clone_view::source_tid(block, offset)),
+            );
+            pg_sys::tbm_add_tuples(tbm, tids.as_mut_ptr(), tids.len() as i32, (*page).recheck);
+        }
+        pg_sys::tbm_end_iterate(iterator);
+        pg_sys::tbm_free(own);
+        found
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
+    // SAFETY: a scan begun by ambeginscan; the inner scan ends before the
+    // descriptor copy it reads is freed.
+    unsafe {
+        let state = state(scan);
+        if let Some(source) = state.source.take() {
+            let end = source.routine().amendscan.expect("every AM ends scans");
+            pg_call!(end(state.inner));
+            source.close();
+        }
+        pg_sys::pfree((*scan).opaque);
+        (*scan).opaque = std::ptr::null_mut();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn ammarkpos(scan: pg_sys::IndexScanDesc) {
+    // SAFETY: a scan begun by ambeginscan; only called when the wrapped AM marks.
+    unsafe {
+        let state = state(scan);
+        if let (Some(source), inner) = (&state.source, state.inner) {
+            let mark = source.routine().ammarkpos.expect("marking AM");
+            pg_call!(mark(inner));
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn amrestrpos(scan: pg_sys::IndexScanDesc) {
+    // SAFETY: as in ammarkpos.
+    unsafe {
+        let state = state(scan);
+        if let (Some(source), inner) = (&state.source, state.inner) {
+            let restore = source.routine().amrestrpos.expect("marking AM");
+            pg_call!(restore(inner));
+        }
+    }
+}
+
+/// SP-GiST answers from its metapage cache, so ask the source's index.
+#[pg_guard]
+unsafe extern "C-unwind" fn amcanreturn(index: pg_sys::Relation, attno: std::ffi::c_int) -> bool {
+    // SAFETY: PostgreSQL passes a valid, open index.
+    unsafe {
+        let Some(source) = SourceIndex::open(index) else {
+            return false;
+        };
+        let answer = match source.routine().amcanreturn {
+            Some(can_return) => pg_call!(can_return(source.rel, attno)),
+            None => false,
+        };
+        source.close();
+        answer
+    }
+}
+
+/// The wrapped AM's estimate, told the source index's real size, and marked
+/// hypothetical so that GIN and BRIN do not read statistics from the empty
+/// local file (they estimate from the size instead).
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn amcostestimate(
+    root: *mut pg_sys::PlannerInfo,
+    path: *mut pg_sys::IndexPath,
+    loop_count: f64,
+    startup_cost: *mut pg_sys::Cost,
+    total_cost: *mut pg_sys::Cost,
+    selectivity: *mut pg_sys::Selectivity,
+    correlation: *mut f64,
+    pages: *mut f64,
+) {
+    // SAFETY: the planner passes a valid path whose indexinfo names a
+    // wrapper index it has locked.
+    unsafe {
+        let info = (*path).indexinfo;
+        let index = pg_sys::RelationIdGetRelation((*info).indexoid);
+        let routine = pg_sys::GetIndexAmRoutineByAmId(wrapped_am(index), false);
+        if let Some(locator) = clone_view::current()
+            .and_then(|view| view.source_locator(compat::relfilenode_of(index)))
+        {
+            (*info).pages = crate::source::block_count(locator, pg_sys::ForkNumber::MAIN_FORKNUM);
+        }
+        pg_sys::RelationClose(index);
+        let hypothetical = (*info).hypothetical;
+        (*info).hypothetical = true;
+        let estimate = (*routine).amcostestimate.expect("every AM estimates");
+        pg_call!(estimate(
+            root,
+            path,
+            loop_count,
+            startup_cost,
+            total_cost,
+            selectivity,
+            correlation,
+            pages,
+        ));
+        (*info).hypothetical = hypothetical;
+    }
+}
+
+/// The wrapped AM's routine with the wrapper's callbacks in place.
 fn wrapper_routine(wrapped_am: pg_sys::Oid) -> pg_sys::Datum {
     // SAFETY: a built-in AM's handler returns a freshly palloc'd routine,
     // which we own and may edit before handing it to PostgreSQL.
@@ -164,7 +476,22 @@ fn wrapper_routine(wrapped_am: pg_sys::Oid) -> pg_sys::Datum {
         (*routine).ambulkdelete = Some(ambulkdelete);
         (*routine).amvacuumcleanup = Some(amvacuumcleanup);
         (*routine).ambeginscan = Some(ambeginscan);
+        (*routine).amrescan = Some(amrescan);
+        (*routine).amendscan = Some(amendscan);
         (*routine).amcostestimate = Some(amcostestimate);
+        // Parallel index scans would share the wrapped AM's state across
+        // workers; shadowed tables get no partial paths anyway.
+        (*routine).amcanparallel = false;
+        if (*routine).amgettuple.is_some() {
+            (*routine).amgettuple = Some(amgettuple);
+        }
+        if (*routine).amgetbitmap.is_some() {
+            (*routine).amgetbitmap = Some(amgetbitmap);
+        }
+        if (*routine).ammarkpos.is_some() {
+            (*routine).ammarkpos = Some(ammarkpos);
+            (*routine).amrestrpos = Some(amrestrpos);
+        }
         if (*routine).amcanreturn.is_some() {
             (*routine).amcanreturn = Some(amcanreturn);
         }

@@ -6,17 +6,33 @@
 
 use pgrx::prelude::*;
 
+/// Calls a function pointer PostgreSQL gave us (an access method's callback,
+/// a previous hook). An error it raises is a longjmp, which
+/// `pg_guard_ffi_boundary` catches and turns into a Rust-safe one.
+macro_rules! pg_call {
+    ($call:expr) => {{
+        #[allow(ffi_unwind_calls, unused_unsafe)]
+        // SAFETY: the callers pass valid arguments to a callback of the
+        // running server; the boundary makes its longjmp safe for Rust.
+        let result = unsafe { ::pgrx::pg_sys::ffi::pg_guard_ffi_boundary(|| $call) };
+        result
+    }};
+}
+
 mod api;
 mod catalog_copy;
 mod clone;
+mod clone_view;
 mod compat;
 mod error;
 mod failpoint;
 mod guard;
+mod heap_page;
 mod indexam;
 mod lineage;
 mod page;
 mod preload;
+mod read_hooks;
 mod reconcile;
 mod relmap;
 mod snapshot;

@@ -24,6 +24,7 @@ pub fn on_library_load() {
     if preloading {
         LOADED_BY_POSTMASTER.store(true, Ordering::Relaxed);
         crate::guard::install();
+        crate::read_hooks::install();
         crate::failpoint::define_setting();
         crate::workers::register();
     }

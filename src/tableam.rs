@@ -1,20 +1,25 @@
 //! The `cow` table access method.
 //!
-//! A shadowed table's local part is a real heapam relation in the clone's own
-//! file, so the routine starts as a copy of heapam's. Until reading through to
-//! the source exists (issue #4), every entry point that would read rows, or
-//! write them, refuses with `feature_not_supported`: an empty local heap must
-//! never pass for the table's contents. Callbacks reached only after one of
-//! those entry points (scan_getnextslot after scan_begin, ...) and those that
-//! are correct for an empty local heap (size, estimates, toast needs) stay
-//! heapam's.
+//! A shadowed table is two heaps seen as one: the source's heap as of the
+//! clone point T (read through shared buffers, judged with T, never written)
+//! and the clone's own local heap (a real heapam relation, judged with the
+//! query's snapshot). Scans walk a virtual block space: the source's blocks
+//! first, then the local ones; TIDs of source rows live in the source TID
+//! space (see `clone_view`). Local work is heapam's wherever heapam's code
+//! can be handed the relation as is.
+//!
+//! Writing to a shadowed table (issue #5) still refuses with
+//! `feature_not_supported`, so today the local heap is always empty.
 
 use std::sync::OnceLock;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
+use crate::clone_view::{self, TidSpace};
 use crate::error::CowError;
+use crate::heap_page::{self, PageSource, MAX_TUPLES_PER_PAGE};
+use crate::page::BLCKSZ;
 
 /// Raised by every refused callback.
 fn refuse(what: &str, rel: pg_sys::Relation) -> ! {
@@ -24,8 +29,8 @@ fn refuse(what: &str, rel: pg_sys::Relation) -> ! {
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
         format!("cannot {what} shadowed table \"{name}\" yet"),
     )
-    .detail("Its rows still live in the source database; reading and writing them through a clone is not built yet.")
-    .hint("This build of cowclone clones the schema only (issue #4 adds reads, #5 writes).")
+    .detail("Its rows still live in the source database; writing them through a clone is not built yet.")
+    .hint("This build of cowclone reads clones; writes come with issue #5.")
     .raise()
 }
 
@@ -36,60 +41,899 @@ pub unsafe fn relation_name(rel: pg_sys::Relation) -> String {
     unsafe { pgrx::name_data_to_str(&(*(*rel).rd_rel).relname).to_string() }
 }
 
+fn heap() -> &'static pg_sys::TableAmRoutine {
+    // SAFETY: heapam's routine is a static, fully initialised struct.
+    unsafe { &*pg_sys::GetHeapamTableAmRoutine() }
+}
+
+/// Where a shadowed table's source rows are, if it still has any.
+///
+/// # Safety
+/// `rel` must be a valid relation.
+unsafe fn source_of(rel: pg_sys::Relation) -> Option<PageSource> {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let view = clone_view::required(&relation_name(rel));
+        let permanent = (*(*rel).rd_rel).relpersistence == pg_sys::RELPERSISTENCE_PERMANENT as i8;
+        view.source_locator(crate::compat::relfilenode_of(rel))
+            .map(|locator| PageSource::Source { locator, permanent })
+    }
+}
+
+fn source_blocks(source: Option<PageSource>) -> u32 {
+    match source {
+        Some(PageSource::Source { locator, .. }) => {
+            crate::source::block_count(locator, pg_sys::ForkNumber::MAIN_FORKNUM)
+        }
+        _ => 0,
+    }
+}
+
+/// Blocks of the clone's own heap.
+///
+/// # Safety
+/// `rel` must be a valid relation with heap storage.
+unsafe fn local_blocks(rel: pg_sys::Relation) -> u32 {
+    // Guaranteed by the caller: heapam sizes the relation's own file.
+    let size = heap().relation_size.expect("heapam sizes relations");
+    let bytes = pg_call!(size(rel, pg_sys::ForkNumber::MAIN_FORKNUM));
+    (bytes as usize / BLCKSZ) as u32
+}
+
+const NO_BLOCK: u32 = u32::MAX;
+
+/// A scan of a shadowed table. `base` comes first so PostgreSQL can treat a
+/// pointer to it as its own TableScanDesc.
+#[repr(C)]
+struct CowScan {
+    base: pg_sys::TableScanDescData,
+    source: Option<PageSource>,
+    source_blocks: u32,
+    local_blocks: u32,
+    strategy: pg_sys::BufferAccessStrategy,
+    /// The virtual block loaded, or NO_BLOCK.
+    block: u32,
+    buffer: pg_sys::Buffer,
+    /// Block number the loaded page's TIDs carry, and the block in its file.
+    tid_block: u32,
+    file_block: u32,
+    from_source: bool,
+    count: usize,
+    max_offset: u16,
+    offsets: [u16; MAX_TUPLES_PER_PAGE],
+    /// Position in `offsets`: -1 before the first, `count` after the last.
+    index: isize,
+    tuple: pg_sys::HeapTupleData,
+    tid_range: Option<(pg_sys::ItemPointerData, pg_sys::ItemPointerData)>,
+    analyzed: bool,
+}
+
+impl CowScan {
+    fn total_blocks(&self) -> u32 {
+        self.source_blocks + self.local_blocks
+    }
+
+    /// Where a virtual block lives: (page source, block in its file, TID block, snapshot).
+    fn locate(&self, block: u32) -> (PageSource, u32, u32, pg_sys::Snapshot, bool) {
+        if block < self.source_blocks {
+            let view = clone_view::current().expect("a scan with source blocks has a view");
+            (
+                self.source.expect("source blocks imply a source"),
+                block,
+                block + clone_view::SOURCE_BLOCK_BASE,
+                view.snapshot(),
+                true,
+            )
+        } else {
+            let local = block - self.source_blocks;
+            (
+                PageSource::Local(self.base.rs_rd),
+                local,
+                local,
+                self.base.rs_snapshot,
+                false,
+            )
+        }
+    }
+
+    /// Unpins the loaded page, if any.
+    fn release(&mut self) {
+        if self.buffer != pg_sys::InvalidBuffer as pg_sys::Buffer {
+            // SAFETY: this scan pinned the buffer and holds no lock on it.
+            unsafe { pg_sys::ReleaseBuffer(self.buffer) };
+            self.buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        }
+        self.block = NO_BLOCK;
+        self.count = 0;
+        self.index = -1;
+    }
+
+    /// Pins a virtual block; `judge` picks the offsets to return, under a share lock.
+    fn pin(&mut self, block: u32) {
+        self.release();
+        let (from, file_block, tid_block, _, from_source) = self.locate(block);
+        // SAFETY: the block is below the block counts taken at scan start,
+        // and relations never shrink below rows a snapshot can see.
+        self.buffer = unsafe { heap_page::read(from, file_block, self.strategy) };
+        self.block = block;
+        self.file_block = file_block;
+        self.tid_block = tid_block;
+        self.from_source = from_source;
+    }
+
+    /// Pins a virtual block and keeps the offsets its snapshot sees.
+    fn load(&mut self, block: u32) {
+        pgrx::check_for_interrupts!();
+        self.pin(block);
+        let (_, _, _, snapshot, _) = self.locate(block);
+        // SAFETY: the buffer is pinned; it is share-locked while judged.
+        unsafe {
+            pg_sys::LockBuffer(self.buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+            let (count, max) = heap_page::collect_visible(
+                self.buffer,
+                self.file_block,
+                (*self.base.rs_rd).rd_id,
+                snapshot,
+                &mut self.offsets,
+            );
+            pg_sys::LockBuffer(self.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+            self.count = count;
+            self.max_offset = max;
+        }
+        self.index = -1;
+    }
+
+    /// Stores the tuple at `self.index` in the slot.
+    ///
+    /// # Safety
+    /// The loaded buffer is pinned and `index` is within `count`.
+    unsafe fn store(&mut self, slot: *mut pg_sys::TupleTableSlot) {
+        let offset = self.offsets[self.index as usize];
+        // SAFETY: guaranteed by the caller; a visible tuple cannot be pruned
+        // away while this scan pins its page.
+        unsafe {
+            self.tuple = heap_page::tuple_at(
+                self.buffer,
+                self.tid_block,
+                offset,
+                (*self.base.rs_rd).rd_id,
+            );
+            pg_sys::ExecStoreBufferHeapTuple(&mut self.tuple, slot, self.buffer);
+        }
+    }
+
+    fn next(&mut self, forward: bool, slot: *mut pg_sys::TupleTableSlot) -> bool {
+        loop {
+            if self.block == NO_BLOCK {
+                let total = self.total_blocks();
+                if total == 0 {
+                    break;
+                }
+                self.load(if forward { 0 } else { total - 1 });
+                self.index = if forward { -1 } else { self.count as isize };
+            }
+            let next = if forward {
+                self.index + 1
+            } else {
+                self.index - 1
+            };
+            if next >= 0 && (next as usize) < self.count {
+                self.index = next;
+                // SAFETY: the page is pinned and next is within count.
+                unsafe { self.store(slot) };
+                return true;
+            }
+            let following = if forward {
+                Some(self.block + 1).filter(|b| *b < self.total_blocks())
+            } else {
+                self.block.checked_sub(1)
+            };
+            match following {
+                Some(block) => {
+                    self.load(block);
+                    self.index = if forward { -1 } else { self.count as isize };
+                }
+                None => break,
+            }
+        }
+        self.release();
+        // SAFETY: the slot is the caller's valid slot.
+        unsafe { clear_slot(slot) };
+        false
+    }
+
+    /// Counts blocks again (rescans see rows added locally since).
+    fn measure(&mut self) {
+        self.source_blocks = source_blocks(self.source);
+        // SAFETY: rs_rd is the scanned relation, open for the scan's life.
+        self.local_blocks = unsafe { local_blocks(self.base.rs_rd) };
+    }
+}
+
+/// # Safety
+/// `slot` must be a valid slot.
+unsafe fn clear_slot(slot: *mut pg_sys::TupleTableSlot) {
+    // SAFETY: guaranteed by the caller; ExecClearTuple is an inline wrapper
+    // around the slot's own clear callback.
+    unsafe {
+        if let Some(clear) = (*(*slot).tts_ops).clear {
+            pg_call!(clear(slot));
+        }
+        (*slot).tts_flags |= pg_sys::TTS_FLAG_EMPTY as u16;
+    }
+}
+
+/// # Safety
+/// `scan` must be a scan begun by `scan_begin`.
+unsafe fn cow_scan<'a>(scan: pg_sys::TableScanDesc) -> &'a mut CowScan {
+    // SAFETY: guaranteed by the caller; CowScan starts with its TableScanDescData.
+    unsafe { &mut *(scan as *mut CowScan) }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn scan_begin(
     rel: pg_sys::Relation,
-    _snapshot: pg_sys::Snapshot,
-    _nkeys: std::ffi::c_int,
-    _key: *mut pg_sys::ScanKeyData,
-    _pscan: pg_sys::ParallelTableScanDesc,
-    _flags: u32,
+    snapshot: pg_sys::Snapshot,
+    nkeys: std::ffi::c_int,
+    key: *mut pg_sys::ScanKeyData,
+    pscan: pg_sys::ParallelTableScanDesc,
+    flags: u32,
 ) -> pg_sys::TableScanDesc {
-    refuse("scan", rel)
+    if !pscan.is_null() {
+        // The planner hook keeps partial paths away from shadowed tables.
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "parallel scans of shadowed tables are not supported",
+        )
+        .raise();
+    }
+    // SAFETY: PostgreSQL passes a valid, open relation and keeps it open
+    // (we hold a reference) until scan_end; the scan is palloc'd zeroed, a
+    // valid initial value for every field, then filled in.
+    unsafe {
+        let source = source_of(rel);
+        pg_sys::RelationIncrementReferenceCount(rel);
+        let scan = pg_sys::palloc0(std::mem::size_of::<CowScan>()) as *mut CowScan;
+        let s = &mut *scan;
+        s.base.rs_rd = rel;
+        s.base.rs_snapshot = snapshot;
+        s.base.rs_nkeys = nkeys;
+        s.base.rs_key = key;
+        s.base.rs_flags = flags;
+        s.base.rs_parallel = pscan;
+        std::ptr::write(&mut s.source, source);
+        std::ptr::write(&mut s.tid_range, None);
+        s.buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        s.block = NO_BLOCK;
+        s.index = -1;
+        s.measure();
+        let large = s.total_blocks() as i64 > (pg_sys::NBuffers / 4) as i64;
+        if flags & pg_sys::ScanOptions::SO_ALLOW_STRAT != 0 && large {
+            s.strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKREAD);
+        }
+        let whole_table =
+            pg_sys::ScanOptions::SO_TYPE_SEQSCAN | pg_sys::ScanOptions::SO_TYPE_SAMPLESCAN;
+        if flags & whole_table != 0 && !snapshot.is_null() {
+            crate::compat::predicate_lock_relation(rel, snapshot);
+        }
+        scan as pg_sys::TableScanDesc
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_end(sscan: pg_sys::TableScanDesc) {
+    // SAFETY: PostgreSQL ends only scans it began with scan_begin.
+    unsafe {
+        let scan = cow_scan(sscan);
+        scan.release();
+        if !scan.strategy.is_null() {
+            pg_sys::FreeAccessStrategy(scan.strategy);
+        }
+        pg_sys::RelationDecrementReferenceCount(scan.base.rs_rd);
+        if scan.base.rs_flags & pg_sys::ScanOptions::SO_TEMP_SNAPSHOT != 0 {
+            pg_sys::UnregisterSnapshot(scan.base.rs_snapshot);
+        }
+        pg_sys::pfree(sscan.cast());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_rescan(
+    sscan: pg_sys::TableScanDesc,
+    key: *mut pg_sys::ScanKeyData,
+    set_params: bool,
+    allow_strat: bool,
+    allow_sync: bool,
+    allow_pagemode: bool,
+) {
+    // SAFETY: a scan begun by scan_begin.
+    let scan = unsafe { cow_scan(sscan) };
+    if set_params {
+        let mut flags = scan.base.rs_flags;
+        for (on, bit) in [
+            (allow_strat, pg_sys::ScanOptions::SO_ALLOW_STRAT),
+            (allow_sync, pg_sys::ScanOptions::SO_ALLOW_SYNC),
+            (allow_pagemode, pg_sys::ScanOptions::SO_ALLOW_PAGEMODE),
+        ] {
+            flags = if on { flags | bit } else { flags & !bit };
+        }
+        scan.base.rs_flags = flags;
+    }
+    if !key.is_null() && scan.base.rs_nkeys > 0 {
+        scan.base.rs_key = key;
+    }
+    scan.release();
+    scan.measure();
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_getnextslot(
+    sscan: pg_sys::TableScanDesc,
+    direction: pg_sys::ScanDirection::Type,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    // SAFETY: a scan begun by scan_begin, and the caller's slot.
+    let scan = unsafe { cow_scan(sscan) };
+    if direction == pg_sys::ScanDirection::NoMovementScanDirection {
+        if scan.index >= 0 && (scan.index as usize) < scan.count {
+            // SAFETY: the page is pinned and the index is in range.
+            unsafe { scan.store(slot) };
+            return true;
+        }
+        // SAFETY: the caller's valid slot.
+        unsafe { clear_slot(slot) };
+        return false;
+    }
+    scan.next(
+        direction == pg_sys::ScanDirection::ForwardScanDirection,
+        slot,
+    )
+}
+
+fn tid_key(tid: &pg_sys::ItemPointerData) -> (u32, u16) {
+    (clone_view::block_of(tid), tid.ip_posid)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_set_tidrange(
+    sscan: pg_sys::TableScanDesc,
+    mintid: pg_sys::ItemPointer,
+    maxtid: pg_sys::ItemPointer,
+) {
+    // SAFETY: a scan begun by scan_begin; the executor passes valid TIDs.
+    unsafe {
+        let scan = cow_scan(sscan);
+        scan.release();
+        scan.tid_range = Some((*mintid, *maxtid));
+    }
+}
+
+/// TID ranges filter the whole virtual block space: source TIDs sort after
+/// every local one, but source blocks are scanned first.
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_getnextslot_tidrange(
+    sscan: pg_sys::TableScanDesc,
+    direction: pg_sys::ScanDirection::Type,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    // SAFETY: a scan begun by scan_begin, and the caller's slot.
+    unsafe {
+        let scan = cow_scan(sscan);
+        let Some((min, max)) = scan.tid_range else {
+            return false;
+        };
+        let forward = direction != pg_sys::ScanDirection::BackwardScanDirection;
+        while scan.next(forward, slot) {
+            let tid = tid_key(&(*slot).tts_tid);
+            if tid >= tid_key(&min) && tid <= tid_key(&max) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_bitmap_next_block(
+    sscan: pg_sys::TableScanDesc,
+    tbmres: *mut pg_sys::TBMIterateResult,
+) -> bool {
+    // SAFETY: a scan begun by scan_begin; the executor passes a valid result
+    // whose offsets array holds ntuples entries when ntuples >= 0.
+    unsafe {
+        let scan = cow_scan(sscan);
+        scan.release();
+        let block = (*tbmres).blockno;
+        let virtual_block = match clone_view::tid_space(&clone_view::make_tid(block, 1)) {
+            TidSpace::Source(b) if b < scan.source_blocks => b,
+            TidSpace::Local(b) if b < scan.local_blocks => scan.source_blocks + b,
+            _ => return false,
+        };
+        let (_, _, _, snapshot, _) = scan.locate(virtual_block);
+        scan.pin(virtual_block);
+        pg_sys::LockBuffer(scan.buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+        let table = (*scan.base.rs_rd).rd_id;
+        let ntuples = (*tbmres).ntuples;
+        let mut count = 0;
+        if ntuples >= 0 {
+            let roots = std::slice::from_raw_parts((*tbmres).offsets.as_ptr(), ntuples as usize);
+            for &root in roots {
+                if let Some(tuple) = heap_page::hot_chain_visible(
+                    scan.buffer,
+                    scan.file_block,
+                    root,
+                    table,
+                    snapshot,
+                ) {
+                    scan.offsets[count] = tuple.t_self.ip_posid;
+                    count += 1;
+                }
+            }
+            scan.count = count;
+        } else {
+            let (count, max) = heap_page::collect_visible(
+                scan.buffer,
+                scan.file_block,
+                table,
+                snapshot,
+                &mut scan.offsets,
+            );
+            scan.count = count;
+            scan.max_offset = max;
+        }
+        pg_sys::LockBuffer(scan.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        scan.index = -1;
+        scan.count > 0
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_bitmap_next_tuple(
+    sscan: pg_sys::TableScanDesc,
+    _tbmres: *mut pg_sys::TBMIterateResult,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    // SAFETY: a scan begun by scan_begin whose page scan_bitmap_next_block pinned.
+    unsafe {
+        let scan = cow_scan(sscan);
+        if scan.block == NO_BLOCK || (scan.index + 1) as usize >= scan.count {
+            return false;
+        }
+        scan.index += 1;
+        scan.store(slot);
+        true
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_sample_next_block(
+    sscan: pg_sys::TableScanDesc,
+    scanstate: *mut pg_sys::SampleScanState,
+) -> bool {
+    // SAFETY: a scan begun by scan_begin; the executor passes its sample
+    // state, whose tsmroutine is the sampling method's.
+    unsafe {
+        let scan = cow_scan(sscan);
+        let total = scan.total_blocks();
+        if total == 0 {
+            return false;
+        }
+        let tsm = (*scanstate).tsmroutine;
+        let block = match (*tsm).NextSampleBlock {
+            Some(next_block) => pg_call!(next_block(scanstate, total)),
+            None if scan.block == NO_BLOCK => 0,
+            None if scan.block + 1 < total => scan.block + 1,
+            None => pg_sys::InvalidBlockNumber,
+        };
+        if block == pg_sys::InvalidBlockNumber || block >= total {
+            scan.release();
+            return false;
+        }
+        scan.load(block);
+        true
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_sample_next_tuple(
+    sscan: pg_sys::TableScanDesc,
+    scanstate: *mut pg_sys::SampleScanState,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    // SAFETY: as in scan_sample_next_block, whose page is pinned.
+    unsafe {
+        let scan = cow_scan(sscan);
+        let next_tuple = (*(*scanstate).tsmroutine)
+            .NextSampleTuple
+            .expect("every sampling method picks tuples");
+        loop {
+            pgrx::check_for_interrupts!();
+            let offset = pg_call!(next_tuple(scanstate, scan.block, scan.max_offset));
+            if offset == 0 {
+                clear_slot(slot);
+                return false;
+            }
+            if let Ok(position) = scan.offsets[..scan.count].binary_search(&offset) {
+                scan.index = position as isize;
+                scan.store(slot);
+                return true;
+            }
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_analyze_next_block(
+    sscan: pg_sys::TableScanDesc,
+    blockno: pg_sys::BlockNumber,
+    bstrategy: pg_sys::BufferAccessStrategy,
+) -> bool {
+    // SAFETY: a scan begun by scan_begin; ANALYZE asks only for blocks below
+    // the relation size this AM reported.
+    let scan = unsafe { cow_scan(sscan) };
+    if blockno >= scan.total_blocks() {
+        scan.release();
+        return false;
+    }
+    let own = scan.strategy;
+    scan.strategy = bstrategy;
+    scan.pin(blockno);
+    scan.strategy = own;
+    scan.analyzed = false;
+    true
+}
+
+/// ANALYZE samples what the clone sees: source rows T sees (the others do
+/// not exist for the clone, live or dead), and local rows judged as heapam's
+/// ANALYZE judges them.
+#[pg_guard]
+unsafe extern "C-unwind" fn scan_analyze_next_tuple(
+    sscan: pg_sys::TableScanDesc,
+    oldest_xmin: pg_sys::TransactionId,
+    liverows: *mut f64,
+    deadrows: *mut f64,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    // SAFETY: a scan whose page scan_analyze_next_block pinned; the counters
+    // are ANALYZE's own.
+    unsafe {
+        let scan = cow_scan(sscan);
+        if scan.block == NO_BLOCK {
+            clear_slot(slot);
+            return false;
+        }
+        if !scan.analyzed {
+            pg_sys::LockBuffer(scan.buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+            let (live, dead) = classify_for_analyze(scan, oldest_xmin);
+            pg_sys::LockBuffer(scan.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+            *liverows += live as f64;
+            *deadrows += dead as f64;
+            scan.analyzed = true;
+            scan.index = -1;
+        }
+        if ((scan.index + 1) as usize) < scan.count {
+            scan.index += 1;
+            scan.store(slot);
+            return true;
+        }
+        scan.release();
+        clear_slot(slot);
+        false
+    }
+}
+
+/// Fills `scan.offsets` with the tuples to sample; returns (live, dead).
+///
+/// # Safety
+/// The scan's buffer must be pinned and share-locked.
+unsafe fn classify_for_analyze(
+    scan: &mut CowScan,
+    oldest_xmin: pg_sys::TransactionId,
+) -> (usize, usize) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let table = (*scan.base.rs_rd).rd_id;
+        if scan.from_source {
+            let t = clone_view::current()
+                .expect("source blocks imply a view")
+                .snapshot();
+            let (count, max) = heap_page::collect_visible(
+                scan.buffer,
+                scan.file_block,
+                table,
+                t,
+                &mut scan.offsets,
+            );
+            scan.count = count;
+            scan.max_offset = max;
+            return (count, 0);
+        }
+        let max = crate::page::max_offset(heap_page::page_bytes(scan.buffer))
+            .min(MAX_TUPLES_PER_PAGE) as u16;
+        let (mut live, mut dead, mut count) = (0, 0, 0);
+        for offset in 1..=max {
+            let Some(mut tuple) =
+                heap_page::normal_tuple_at(scan.buffer, scan.file_block, offset, table)
+            else {
+                continue;
+            };
+            use pg_sys::HTSV_Result::*;
+            let sample =
+                match pg_sys::HeapTupleSatisfiesVacuum(&mut tuple, oldest_xmin, scan.buffer) {
+                    HEAPTUPLE_LIVE => true,
+                    HEAPTUPLE_DEAD | HEAPTUPLE_RECENTLY_DEAD => {
+                        dead += 1;
+                        false
+                    }
+                    HEAPTUPLE_INSERT_IN_PROGRESS => pg_sys::TransactionIdIsCurrentTransactionId(
+                        (*tuple.t_data).t_choice.t_heap.t_xmin,
+                    ),
+                    HEAPTUPLE_DELETE_IN_PROGRESS => {
+                        let mine = pg_sys::TransactionIdIsCurrentTransactionId(
+                            heap_page::update_xid(tuple.t_data).into(),
+                        );
+                        if mine {
+                            dead += 1;
+                        }
+                        !mine
+                    }
+                    _ => false,
+                };
+            if sample {
+                live += 1;
+                scan.offsets[count] = offset;
+                count += 1;
+            }
+        }
+        scan.count = count;
+        scan.max_offset = max;
+        (live, dead)
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_size(
+    rel: pg_sys::Relation,
+    fork: pg_sys::ForkNumber::Type,
+) -> u64 {
+    // SAFETY: PostgreSQL passes a valid, open relation.
+    unsafe {
+        let size = heap().relation_size.expect("heapam sizes relations");
+        let local = pg_call!(size(rel, fork));
+        let whole = fork == pg_sys::ForkNumber::MAIN_FORKNUM
+            || fork == pg_sys::ForkNumber::InvalidForkNumber;
+        if !whole {
+            return local;
+        }
+        let source = clone_view::current()
+            .and_then(|view| view.source_locator(crate::compat::relfilenode_of(rel)))
+            .map(|locator| crate::source::block_count(locator, pg_sys::ForkNumber::MAIN_FORKNUM))
+            .unwrap_or(0);
+        local + source as u64 * BLCKSZ as u64
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn tuple_tid_valid(
+    sscan: pg_sys::TableScanDesc,
+    tid: pg_sys::ItemPointer,
+) -> bool {
+    // SAFETY: a scan begun by scan_begin; the executor passes a valid TID.
+    unsafe {
+        let scan = cow_scan(sscan);
+        match clone_view::tid_space(&*tid) {
+            TidSpace::Source(b) => b < scan.source_blocks,
+            TidSpace::Local(b) => b < scan.local_blocks,
+        }
+    }
+}
+
+/// Stores a tuple found on a pinned buffer in a buffer slot, moved to the
+/// source TID space. The slot takes its own pin.
+///
+/// # Safety
+/// `slot` must be a buffer heap tuple slot and `buffer` pinned.
+unsafe fn store_source_tuple(
+    mut tuple: pg_sys::HeapTupleData,
+    file_block: u32,
+    slot: *mut pg_sys::TupleTableSlot,
+    buffer: pg_sys::Buffer,
+) {
+    // SAFETY: guaranteed by the caller; the tuple data lives in the slot
+    // itself, as heapam's fetches keep it.
+    unsafe {
+        tuple.t_self = clone_view::source_tid(file_block, tuple.t_self.ip_posid);
+        let bslot = slot as *mut pg_sys::BufferHeapTupleTableSlot;
+        (*bslot).base.tupdata = tuple;
+        pg_sys::ExecStoreBufferHeapTuple(&mut (*bslot).base.tupdata, slot, buffer);
+        (*slot).tts_tableOid = tuple.t_tableOid;
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn tuple_fetch_row_version(
+    rel: pg_sys::Relation,
+    tid: pg_sys::ItemPointer,
+    snapshot: pg_sys::Snapshot,
+    slot: *mut pg_sys::TupleTableSlot,
+) -> bool {
+    // SAFETY: PostgreSQL passes a valid relation, TID and buffer slot.
+    unsafe {
+        let TidSpace::Source(block) = clone_view::tid_space(&*tid) else {
+            let fetch = heap().tuple_fetch_row_version.expect("heapam fetches");
+            return pg_call!(fetch(rel, tid, snapshot, slot));
+        };
+        let Some(source) = source_of(rel) else {
+            return false;
+        };
+        if block >= source_blocks(Some(source)) {
+            return false;
+        }
+        let t = clone_view::current()
+            .expect("a source implies a view")
+            .snapshot();
+        let buffer = heap_page::read(source, block, std::ptr::null_mut());
+        pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+        let found = heap_page::visible_tuple_at(buffer, block, (*tid).ip_posid, (*rel).rd_id, t);
+        pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        if let Some(tuple) = found {
+            store_source_tuple(tuple, block, slot, buffer);
+        }
+        pg_sys::ReleaseBuffer(buffer);
+        found.is_some()
+    }
+}
+
+/// A source row has no newer version in the clone until writes exist.
+#[pg_guard]
+unsafe extern "C-unwind" fn tuple_get_latest_tid(
+    sscan: pg_sys::TableScanDesc,
+    tid: pg_sys::ItemPointer,
+) {
+    // SAFETY: a scan begun by scan_begin and a valid TID; heapam's version
+    // only reads the relation and snapshot from the scan's base.
+    unsafe {
+        if let TidSpace::Local(_) = clone_view::tid_space(&*tid) {
+            let latest = heap().tuple_get_latest_tid.expect("heapam follows TIDs");
+            pg_call!(latest(sscan, tid));
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn tuple_satisfies_snapshot(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    snapshot: pg_sys::Snapshot,
+) -> bool {
+    // SAFETY: PostgreSQL passes a buffer slot holding a tuple of `rel`.
+    unsafe {
+        if let TidSpace::Local(_) = clone_view::tid_space(&(*slot).tts_tid) {
+            let check = heap().tuple_satisfies_snapshot.expect("heapam checks");
+            return pg_call!(check(rel, slot, snapshot));
+        }
+        let bslot = slot as *mut pg_sys::BufferHeapTupleTableSlot;
+        let buffer = (*bslot).buffer;
+        let t = clone_view::required(&relation_name(rel)).snapshot();
+        pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+        let visible = pg_sys::HeapTupleSatisfiesVisibility((*bslot).base.tuple, t, buffer);
+        pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        visible
+    }
+}
+
+/// An index fetch: source TIDs are resolved here, local ones by heapam.
+#[repr(C)]
+struct CowIndexFetch {
+    base: pg_sys::IndexFetchTableData,
+    source: Option<PageSource>,
+    buffer: pg_sys::Buffer,
+    block: u32,
+    local: *mut pg_sys::IndexFetchTableData,
+}
+
+impl CowIndexFetch {
+    fn release(&mut self) {
+        if self.buffer != pg_sys::InvalidBuffer as pg_sys::Buffer {
+            // SAFETY: this fetch pinned the buffer and holds no lock on it.
+            unsafe { pg_sys::ReleaseBuffer(self.buffer) };
+            self.buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        }
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn index_fetch_begin(
     rel: pg_sys::Relation,
 ) -> *mut pg_sys::IndexFetchTableData {
-    refuse("fetch rows of", rel)
+    // SAFETY: PostgreSQL passes a valid, open relation; the struct is
+    // palloc'd zeroed, then filled in.
+    unsafe {
+        let source = source_of(rel);
+        let fetch = pg_sys::palloc0(std::mem::size_of::<CowIndexFetch>()) as *mut CowIndexFetch;
+        (*fetch).base.rel = rel;
+        std::ptr::write(&mut (*fetch).source, source);
+        (*fetch).buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        let begin = heap().index_fetch_begin.expect("heapam fetches");
+        (*fetch).local = pg_call!(begin(rel));
+        fetch.cast()
+    }
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn tuple_fetch_row_version(
-    rel: pg_sys::Relation,
-    _tid: pg_sys::ItemPointer,
-    _snapshot: pg_sys::Snapshot,
-    _slot: *mut pg_sys::TupleTableSlot,
+unsafe extern "C-unwind" fn index_fetch_reset(scan: *mut pg_sys::IndexFetchTableData) {
+    // SAFETY: a fetch begun by index_fetch_begin.
+    unsafe {
+        let fetch = &mut *(scan as *mut CowIndexFetch);
+        fetch.release();
+        let reset = heap().index_fetch_reset.expect("heapam fetches");
+        pg_call!(reset(fetch.local));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn index_fetch_end(scan: *mut pg_sys::IndexFetchTableData) {
+    // SAFETY: a fetch begun by index_fetch_begin.
+    unsafe {
+        let fetch = &mut *(scan as *mut CowIndexFetch);
+        fetch.release();
+        let end = heap().index_fetch_end.expect("heapam fetches");
+        pg_call!(end(fetch.local));
+        pg_sys::pfree(scan.cast());
+    }
+}
+
+/// Resolves an index entry. A source entry is judged with T whatever the
+/// query's snapshot, follows its HOT chain in the source, and never reports
+/// the row dead: the clone must not mark entries of the source's index.
+#[pg_guard]
+unsafe extern "C-unwind" fn index_fetch_tuple(
+    scan: *mut pg_sys::IndexFetchTableData,
+    tid: pg_sys::ItemPointer,
+    snapshot: pg_sys::Snapshot,
+    slot: *mut pg_sys::TupleTableSlot,
+    call_again: *mut bool,
+    all_dead: *mut bool,
 ) -> bool {
-    refuse("fetch rows of", rel)
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn tuple_tid_valid(
-    scan: pg_sys::TableScanDesc,
-    _tid: pg_sys::ItemPointer,
-) -> bool {
-    // SAFETY: PostgreSQL passes a scan it began on a valid relation.
-    refuse("fetch rows of", unsafe { (*scan).rs_rd })
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn tuple_get_latest_tid(
-    scan: pg_sys::TableScanDesc,
-    _tid: pg_sys::ItemPointer,
-) {
-    // SAFETY: as above.
-    refuse("fetch rows of", unsafe { (*scan).rs_rd })
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn tuple_satisfies_snapshot(
-    rel: pg_sys::Relation,
-    _slot: *mut pg_sys::TupleTableSlot,
-    _snapshot: pg_sys::Snapshot,
-) -> bool {
-    refuse("check rows of", rel)
+    // SAFETY: a fetch begun by index_fetch_begin; the executor passes a
+    // valid TID, buffer slot and flags.
+    unsafe {
+        let fetch = &mut *(scan as *mut CowIndexFetch);
+        let TidSpace::Source(block) = clone_view::tid_space(&*tid) else {
+            let fetch_tuple = heap().index_fetch_tuple.expect("heapam fetches");
+            return pg_call!(fetch_tuple(
+                fetch.local,
+                tid,
+                snapshot,
+                slot,
+                call_again,
+                all_dead
+            ));
+        };
+        *call_again = false;
+        if !all_dead.is_null() {
+            *all_dead = false;
+        }
+        let Some(source) = fetch.source else {
+            return false;
+        };
+        if fetch.buffer == pg_sys::InvalidBuffer as pg_sys::Buffer || fetch.block != block {
+            fetch.release();
+            fetch.buffer = heap_page::read(source, block, std::ptr::null_mut());
+            fetch.block = block;
+        }
+        let t = clone_view::current()
+            .expect("a source implies a view")
+            .snapshot();
+        let table = (*fetch.base.rel).rd_id;
+        pg_sys::LockBuffer(fetch.buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+        let found = heap_page::hot_chain_visible(fetch.buffer, block, (*tid).ip_posid, table, t);
+        pg_sys::LockBuffer(fetch.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        if let Some(tuple) = found {
+            store_source_tuple(tuple, block, slot, fetch.buffer);
+        }
+        found.is_some()
+    }
 }
 
 #[pg_guard]
@@ -97,7 +941,73 @@ unsafe extern "C-unwind" fn index_delete_tuples(
     rel: pg_sys::Relation,
     _delstate: *mut pg_sys::TM_IndexDeleteOp,
 ) -> pg_sys::TransactionId {
-    refuse("check rows of", rel)
+    refuse("clean index entries of", rel)
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn tuple_update(
+    rel: pg_sys::Relation,
+    _otid: pg_sys::ItemPointer,
+    _slot: *mut pg_sys::TupleTableSlot,
+    _cid: pg_sys::CommandId,
+    _snapshot: pg_sys::Snapshot,
+    _crosscheck: pg_sys::Snapshot,
+    _wait: bool,
+    _tmfd: *mut pg_sys::TM_FailureData,
+    _lockmode: *mut pg_sys::LockTupleMode::Type,
+    _update_indexes: *mut bool,
+) -> pg_sys::TM_Result::Type {
+    refuse("update", rel)
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn tuple_delete(
+    rel: pg_sys::Relation,
+    _tid: pg_sys::ItemPointer,
+    _cid: pg_sys::CommandId,
+    _snapshot: pg_sys::Snapshot,
+    _crosscheck: pg_sys::Snapshot,
+    _wait: bool,
+    _tmfd: *mut pg_sys::TM_FailureData,
+    _changing_part: bool,
+) -> pg_sys::TM_Result::Type {
+    refuse("delete from", rel)
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn tuple_lock(
+    rel: pg_sys::Relation,
+    _tid: pg_sys::ItemPointer,
+    _snapshot: pg_sys::Snapshot,
+    _slot: *mut pg_sys::TupleTableSlot,
+    _cid: pg_sys::CommandId,
+    _mode: pg_sys::LockTupleMode::Type,
+    _wait_policy: pg_sys::LockWaitPolicy::Type,
+    _flags: u8,
+    _tmfd: *mut pg_sys::TM_FailureData,
+) -> pg_sys::TM_Result::Type {
+    refuse("lock rows of", rel)
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn index_build_range_scan(
+    table: pg_sys::Relation,
+    _index: pg_sys::Relation,
+    _info: *mut pg_sys::IndexInfo,
+    _allow_sync: bool,
+    _anyvisible: bool,
+    _progress: bool,
+    _start: pg_sys::BlockNumber,
+    _numblocks: pg_sys::BlockNumber,
+    _callback: pg_sys::IndexBuildCallback,
+    _state: *mut std::ffi::c_void,
+    _scan: pg_sys::TableScanDesc,
+) -> f64 {
+    refuse("index", table)
 }
 
 #[pg_guard]
@@ -186,9 +1096,7 @@ unsafe extern "C-unwind" fn relation_vacuum(
     _bstrategy: pg_sys::BufferAccessStrategy,
 ) {
     // SAFETY: rel is a valid open relation; its main fork exists.
-    let local_blocks =
-        unsafe { pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM) };
-    if local_blocks != 0 {
+    if unsafe { local_blocks(rel) } != 0 {
         refuse("vacuum", rel)
     }
 }
@@ -202,18 +1110,6 @@ unsafe extern "C-unwind" fn index_validate_scan(
     _state: *mut pg_sys::ValidateIndexState,
 ) {
     refuse("index", table_rel)
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn relation_fetch_toast_slice(
-    toastrel: pg_sys::Relation,
-    _valueid: pg_sys::Oid,
-    _attrsize: i32,
-    _sliceoffset: i32,
-    _slicelength: i32,
-    _result: *mut pg_sys::varlena,
-) {
-    refuse("read out-of-line values of", toastrel)
 }
 
 /// The routine lives for the life of the process, as PostgreSQL requires.
@@ -230,9 +1126,27 @@ fn routine() -> &'static pg_sys::TableAmRoutine {
     &ROUTINE
         .get_or_init(|| {
             // SAFETY: heapam's routine is a static, fully initialised struct.
-            let mut routine = unsafe { *pg_sys::GetHeapamTableAmRoutine() };
+            // Out-of-line values keep heapam's fetch: it scans the toast
+            // table's index and fetches through this AM, so source chunks
+            // are found in the source and judged with T.
+            let mut routine = *heap();
             routine.scan_begin = Some(scan_begin);
+            routine.scan_end = Some(scan_end);
+            routine.scan_rescan = Some(scan_rescan);
+            routine.scan_getnextslot = Some(scan_getnextslot);
+            routine.scan_set_tidrange = Some(scan_set_tidrange);
+            routine.scan_getnextslot_tidrange = Some(scan_getnextslot_tidrange);
+            routine.scan_bitmap_next_block = Some(scan_bitmap_next_block);
+            routine.scan_bitmap_next_tuple = Some(scan_bitmap_next_tuple);
+            routine.scan_sample_next_block = Some(scan_sample_next_block);
+            routine.scan_sample_next_tuple = Some(scan_sample_next_tuple);
+            routine.scan_analyze_next_block = Some(scan_analyze_next_block);
+            routine.scan_analyze_next_tuple = Some(scan_analyze_next_tuple);
+            routine.relation_size = Some(relation_size);
             routine.index_fetch_begin = Some(index_fetch_begin);
+            routine.index_fetch_reset = Some(index_fetch_reset);
+            routine.index_fetch_end = Some(index_fetch_end);
+            routine.index_fetch_tuple = Some(index_fetch_tuple);
             routine.tuple_fetch_row_version = Some(tuple_fetch_row_version);
             routine.tuple_tid_valid = Some(tuple_tid_valid);
             routine.tuple_get_latest_tid = Some(tuple_get_latest_tid);
@@ -241,16 +1155,28 @@ fn routine() -> &'static pg_sys::TableAmRoutine {
             routine.tuple_insert = Some(tuple_insert);
             routine.tuple_insert_speculative = Some(tuple_insert_speculative);
             routine.multi_insert = Some(multi_insert);
+            routine.tuple_update = Some(tuple_update);
+            routine.tuple_delete = Some(tuple_delete);
+            routine.tuple_lock = Some(tuple_lock);
             routine.relation_set_new_filenode = Some(relation_set_new_filenode);
             routine.relation_nontransactional_truncate = Some(relation_nontransactional_truncate);
             routine.relation_copy_data = Some(relation_copy_data);
             routine.relation_copy_for_cluster = Some(relation_copy_for_cluster);
             routine.relation_vacuum = Some(relation_vacuum);
+            routine.index_build_range_scan = Some(index_build_range_scan);
             routine.index_validate_scan = Some(index_validate_scan);
-            routine.relation_fetch_toast_slice = Some(relation_fetch_toast_slice);
             Routine(routine)
         })
         .0
+}
+
+/// Whether a relation is a shadowed table (uses this AM).
+///
+/// # Safety
+/// `rel` must be a valid relation.
+pub unsafe fn is_cow_relation(rel: pg_sys::Relation) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::ptr::eq((*rel).rd_tableam, routine()) }
 }
 
 #[no_mangle]

@@ -446,11 +446,13 @@ fn write_docs(table: &str, summary: &str, machine: &str, results: &[Measurement]
          clone point (catalog pages read through shared buffers, sanitized, WAL-logged) and the empty local \
          files of shadowed relations. None of it depends on the amount of user data, which is why the time \
          stays flat as the source grows.\n\n\
-         Read-only throughput, TPC-B throughput, first-write latency, full-scan and materialization numbers \
-         join this table as those capabilities land (issues #4, #5).\n"
+         TPC-B throughput, first-write latency and materialization numbers join these tables as those \
+         capabilities land (issue #5).\n"
     );
     let mut text = text;
     text.push_str(&rebuild_note(results));
+    text.push('\n');
+    text.push_str(&crate::bench_reads::current_section());
     std::fs::write(docs.join("BENCHMARKS.md"), text)?;
     std::fs::write(docs.join("bench-clone-time.svg"), plot(results))?;
     Ok(())

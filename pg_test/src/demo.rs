@@ -95,22 +95,47 @@ pub fn run(pg: &PgInstall) -> Result<()> {
         one(&cluster, "prod", "SELECT format('clone %s of %s, clone point %s, pin %s holding back %s transactions', clone, source, clone_point_time, pin, pin_age) FROM cow.clones")?
     ));
 
-    let mut branch = cluster.connect("staging")?;
-    let read = match branch.simple_query("SELECT count(*) FROM pgbench_accounts") {
-        Ok(_) => "rows came back".to_string(),
-        Err(e) => Error::from(e).to_string(),
-    };
+    // The source moves on; the clone keeps answering as of its clone point.
+    run_captured(
+        cluster
+            .client_command("pgbench", "prod")
+            .args(["-n", "-t", "200", "-c", "2"]),
+        "pgbench",
+    )?;
+    cluster.psql("prod", "DELETE FROM pgbench_history")?;
+    cluster.psql("prod", "VACUUM")?;
+    let balance = "SELECT format('%s accounts, balance total %s, %s history rows', count(*), sum(abalance), (SELECT count(*) FROM pgbench_history)) FROM pgbench_accounts";
     step(&format!(
-        "Not built yet: reading rows through to the source (issue #4) and copy-on-write (issue #5).\n   SELECT count(*) FROM pgbench_accounts in staging says so rather than returning wrong rows:\n   ERROR: {read}"
+        "Reads come straight from prod's files as of the clone point. After 400 pgbench transactions, DELETE and VACUUM in prod:\n   prod:    {}\n   staging: {}",
+        one(&cluster, "prod", balance)?,
+        one(&cluster, "staging", balance)?
     ));
-    drop(branch);
-
-    let guarded = match cloner.simple_query("TRUNCATE pgbench_history") {
+    let lookup = one(
+        &cluster,
+        "staging",
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+    )?;
+    step(&format!(
+        "Index scans read prod's index files too (EXPLAIN ANALYZE in staging):\n   {}",
+        lookup.replace('\n', "\n   ")
+    ));
+    let mut branch = cluster.connect("staging")?;
+    let write = match branch.simple_query("UPDATE pgbench_accounts SET abalance = 0 WHERE aid = 1")
+    {
         Ok(_) => "it was not refused".to_string(),
         Err(e) => Error::from(e).to_string(),
     };
     step(&format!(
-        "The source guard: TRUNCATE pgbench_history in prod, whose files staging reads:\n   ERROR: {guarded}"
+        "Not built yet: copy-on-write (issue #5). UPDATE of a shadowed table in staging says so rather than half-working:\n   ERROR: {write}"
+    ));
+    drop(branch);
+
+    let guarded = match cloner.simple_query("TRUNCATE pgbench_accounts") {
+        Ok(_) => "it was not refused".to_string(),
+        Err(e) => Error::from(e).to_string(),
+    };
+    step(&format!(
+        "The source guard: TRUNCATE pgbench_accounts in prod, whose files staging reads:\n   ERROR: {guarded}"
     ));
 
     admin.batch_execute("DROP DATABASE staging")?;

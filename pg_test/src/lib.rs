@@ -4,6 +4,7 @@
 //! nothing is installed yet, because its first job (`setup`) is installing.
 
 pub mod bench;
+pub mod bench_reads;
 pub mod cluster;
 pub mod demo;
 pub mod error;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use pg_test::bench::BenchOptions;
+use pg_test::bench_reads::{self, ReadBenchOptions};
 use pg_test::cluster::{Cluster, ClusterConfig};
 use pg_test::extension::{build_and_install, Profile};
 use pg_test::install::{parse_major, PgInstall, DEFAULT_MAJOR};
@@ -19,6 +20,7 @@ fn usage() -> &'static str {
   demo [--pg N]                           the main job end to end on a throwaway cluster
   test [--pg N] [--no-lint]               the whole suite
   bench [--scales 10,60,100] [--quick] [--pg N]
+  bench --reads [--quick] [--pg N]
                                           cowclone vs TEMPLATE vs pg_dump|pg_restore, as ratios"
 }
 
@@ -69,6 +71,7 @@ struct Flags {
     no_build: bool,
     no_lint: bool,
     quick: bool,
+    reads: bool,
     scales: Option<Vec<u32>>,
 }
 
@@ -102,6 +105,7 @@ fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, 
             }
             "--no-build" => flags.no_build = true,
             "--quick" => flags.quick = true,
+            "--reads" => flags.reads = true,
             "--scales" => {
                 let v = value()?;
                 let scales: Option<Vec<u32>> = v
@@ -158,9 +162,17 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
             )?)
         }
         "bench" => {
-            let flags = parse_flags(rest, &["--pg", "--quick", "--scales"])?;
+            let flags = parse_flags(rest, &["--pg", "--quick", "--scales", "--reads"])?;
             let pg = pg_of(&flags)?;
             setup::setup(&pg)?;
+            if flags.reads {
+                let options = if flags.quick {
+                    ReadBenchOptions::quick()
+                } else {
+                    ReadBenchOptions::standard()
+                };
+                return Ok(bench_reads::run(&pg, &options)?);
+            }
             let mut options = if flags.quick {
                 BenchOptions::quick()
             } else {

@@ -110,16 +110,16 @@ fn clone_reproduces_the_source_catalog() {
         ]
     );
 
-    // Until the read path exists, touching a shadowed table is a clear refusal, never rows.
+    // Shadowed tables answer from the source; writing them is a clear refusal until #5.
+    assert_eq!(
+        rows(&cluster, "staging", "SELECT count(*) FROM app.everything"),
+        rows(&cluster, "prod", "SELECT count(*) FROM app.everything")
+    );
     let mut clone = cluster.connect("staging").unwrap();
     for sql in [
-        "SELECT * FROM app.everything",
-        "SELECT count(*) FROM app.events",
-        "SET enable_seqscan = off; SELECT * FROM app.everything WHERE id = 3",
         "INSERT INTO app.parent VALUES (100)",
-        "SELECT * FROM app.mood_counts",
         "TRUNCATE app.child CASCADE",
-        "ANALYZE app.everything",
+        "UPDATE app.everything SET small = 1 WHERE id = 3",
     ] {
         let error = clone.batch_execute(sql).unwrap_err();
         assert_eq!(sqlstate(&error), "0A000", "{sql}: {error}");

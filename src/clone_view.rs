@@ -1,0 +1,167 @@
+//! What a backend connected to a clone sees of its source: the clone point T
+//! as an MVCC snapshot, where the source keeps each shadowed relation's
+//! storage, and the two TID spaces.
+//!
+//! A backend's database never changes, so all of this is loaded once, from
+//! the clone's state file, the first time a shadowed relation is touched, and
+//! kept for the life of the process.
+//!
+//! TIDs: a shadowed table's TIDs with a block number below
+//! `SOURCE_BLOCK_BASE` address its local heap (the clone's own file); blocks
+//! at or above it address the source's heap at `block - SOURCE_BLOCK_BASE`.
+//! Local TIDs are native, so a materialized table needs no index rewrite.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use crate::compat::{self, RelLocator};
+use crate::error::CowError;
+use crate::lineage;
+
+/// First block number of the source TID space.
+pub const SOURCE_BLOCK_BASE: u32 = 1 << 31;
+
+pub struct CloneView {
+    pub source: pg_sys::Oid,
+    /// T: judges every source tuple, whatever snapshot the query runs with.
+    snapshot: pg_sys::Snapshot,
+    /// Source relfilenodes this clone reads.
+    shadowed: HashSet<u32>,
+}
+
+// SAFETY: the view is built once per backend (PostgreSQL backends are
+// single-threaded) and never modified afterwards; the snapshot it points to
+// is leaked and immutable.
+unsafe impl Sync for CloneView {}
+// SAFETY: as above.
+unsafe impl Send for CloneView {}
+
+static VIEW: OnceLock<Option<CloneView>> = OnceLock::new();
+
+/// This backend's view of its source, or None outside a clone.
+pub fn current() -> Option<&'static CloneView> {
+    VIEW.get_or_init(|| {
+        // SAFETY: MyDatabaseId is set once the backend has connected, before
+        // any relation can be opened.
+        let database = unsafe { pg_sys::MyDatabaseId };
+        lineage::read_record(database).map(|record| CloneView {
+            source: pg_sys::Oid::from(record.source),
+            snapshot: leak_snapshot(&record.point),
+            shadowed: record.shadowed.iter().map(|s| s.relfilenode).collect(),
+        })
+    })
+    .as_ref()
+}
+
+/// The view, raising an error naming `relation` if this database has no
+/// clone record (its state file is gone): its rows cannot be found.
+pub fn required(relation: &str) -> &'static CloneView {
+    current().unwrap_or_else(|| {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("relation \"{relation}\" is shadowed but this database has no clone record"),
+        )
+        .detail("The clone's state file in $PGDATA/pg_cowclone is missing, so its source and clone point are unknown.")
+        .hint("Drop this database and clone it again.")
+        .raise()
+    })
+}
+
+impl CloneView {
+    /// T as a snapshot. Never registered: it is static for the process and
+    /// only ever passed to visibility checks.
+    pub fn snapshot(&self) -> pg_sys::Snapshot {
+        self.snapshot
+    }
+
+    /// Where the source keeps the storage a relation of the clone shadows, if
+    /// it shadows any. Same OIDs everywhere: the clone's relfilenode is the
+    /// source's.
+    pub fn source_locator(&self, relfilenode: pg_sys::Oid) -> Option<RelLocator> {
+        self.shadowed
+            .contains(&u32::from(relfilenode))
+            .then(|| compat::rel_locator(pg_sys::DEFAULTTABLESPACE_OID, self.source, relfilenode))
+    }
+}
+
+/// Builds T as a process-lifetime MVCC snapshot. Every transaction running at
+/// T (subtransactions included) is in `xip`, so `suboverflowed` is false and
+/// pg_subtrans is never consulted.
+fn leak_snapshot(point: &crate::snapshot::ClonePoint) -> pg_sys::Snapshot {
+    let running: &'static mut [pg_sys::TransactionId] = Box::leak(
+        point
+            .running
+            .iter()
+            .map(|&xid| pg_sys::TransactionId::from(xid))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    // SAFETY: SnapshotData is a plain C struct for which all-zero is a valid
+    // (empty) value; the fields an MVCC check reads are set below.
+    let mut snapshot: pg_sys::SnapshotData = unsafe { std::mem::zeroed() };
+    snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_MVCC;
+    snapshot.xmin = pg_sys::TransactionId::from(point.xmin);
+    snapshot.xmax = pg_sys::TransactionId::from(point.xmax);
+    snapshot.xip = running.as_mut_ptr();
+    snapshot.xcnt = running.len() as u32;
+    snapshot.suboverflowed = false;
+    snapshot.takenDuringRecovery = false;
+    snapshot.copied = true;
+    snapshot.lsn = point.lsn;
+    Box::leak(Box::new(snapshot))
+}
+
+/// Where a TID points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TidSpace {
+    Local(u32),
+    Source(u32),
+}
+
+pub fn tid_space(tid: &pg_sys::ItemPointerData) -> TidSpace {
+    let block = block_of(tid);
+    if block >= SOURCE_BLOCK_BASE {
+        TidSpace::Source(block - SOURCE_BLOCK_BASE)
+    } else {
+        TidSpace::Local(block)
+    }
+}
+
+pub fn block_of(tid: &pg_sys::ItemPointerData) -> u32 {
+    ((tid.ip_blkid.bi_hi as u32) << 16) | tid.ip_blkid.bi_lo as u32
+}
+
+pub fn make_tid(block: u32, offset: u16) -> pg_sys::ItemPointerData {
+    pg_sys::ItemPointerData {
+        ip_blkid: pg_sys::BlockIdData {
+            bi_hi: (block >> 16) as u16,
+            bi_lo: block as u16,
+        },
+        ip_posid: offset,
+    }
+}
+
+/// A source TID as the clone shows it.
+pub fn source_tid(block: u32, offset: u16) -> pg_sys::ItemPointerData {
+    make_tid(block + SOURCE_BLOCK_BASE, offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tids_route_by_block() {
+        let source = source_tid(7, 3);
+        assert_eq!(tid_space(&source), TidSpace::Source(7));
+        assert_eq!(source.ip_posid, 3);
+        assert_eq!(tid_space(&make_tid(7, 3)), TidSpace::Local(7));
+        assert_eq!(
+            tid_space(&make_tid(SOURCE_BLOCK_BASE - 1, 1)),
+            TidSpace::Local(SOURCE_BLOCK_BASE - 1)
+        );
+        assert_eq!(block_of(&make_tid(0x1234_5678, 1)), 0x1234_5678);
+    }
+}

@@ -1,0 +1,220 @@
+//! Hooks that keep PostgreSQL's generic heap machinery away from the parts
+//! of a shadowed table it cannot know about.
+//!
+//! - Planner: no partial (parallel) paths for shadowed tables. Parallel
+//!   scans would split the table through heapam's shared scan state, which
+//!   knows nothing of the source part. A worker may still scan a shadowed
+//!   table whole (the inner side of a parallel join, say): that is correct.
+//! - Executor and ANALYZE: no read-ahead. PostgreSQL prefetches through the
+//!   relation's own file; for a shadowed table that is the clone's local
+//!   file, which has none of the source's blocks, and md.c refuses to
+//!   prefetch past a missing segment ("previous segment is only 0 blocks").
+
+use std::ffi::CString;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::clone_view;
+use crate::tableam::is_cow_relation;
+
+static mut PREVIOUS_PATHLIST: pg_sys::set_rel_pathlist_hook_type = None;
+static mut PREVIOUS_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// Installed once, while the postmaster preloads the library.
+pub fn install() {
+    // SAFETY: runs once in the postmaster before any backend exists; hooks
+    // are plain globals chained by saving the previous value.
+    unsafe {
+        PREVIOUS_PATHLIST = pg_sys::set_rel_pathlist_hook;
+        pg_sys::set_rel_pathlist_hook = Some(without_partial_paths);
+        PREVIOUS_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn without_partial_paths(
+    root: *mut pg_sys::PlannerInfo,
+    rel: *mut pg_sys::RelOptInfo,
+    rti: pg_sys::Index,
+    rte: *mut pg_sys::RangeTblEntry,
+) {
+    // SAFETY: the planner passes valid structures and has already locked
+    // the relation, so opening it without a lock is safe.
+    unsafe {
+        if let Some(previous) = PREVIOUS_PATHLIST {
+            pg_call!(previous(root, rel, rti, rte));
+        }
+        if (*rel).partial_pathlist.is_null()
+            || (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION
+            || clone_view::current().is_none()
+        {
+            return;
+        }
+        let relation = pg_sys::RelationIdGetRelation((*rte).relid);
+        if relation.is_null() {
+            return;
+        }
+        if is_cow_relation(relation) {
+            (*rel).partial_pathlist = std::ptr::null_mut();
+        }
+        pg_sys::RelationClose(relation);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
+    // SAFETY: the arguments go unchanged to the next hook or the standard
+    // executor start, which builds the plan state tree walked afterwards.
+    unsafe {
+        match PREVIOUS_EXECUTOR_START {
+            Some(previous) => pg_call!(previous(query, eflags)),
+            None => pg_sys::standard_ExecutorStart(query, eflags),
+        }
+        if clone_view::current().is_some() {
+            no_bitmap_prefetch((*query).planstate);
+        }
+    }
+}
+
+/// Turns off prefetching in every bitmap heap scan of a shadowed table.
+///
+/// # Safety
+/// `node` must be null or a valid plan state tree.
+unsafe fn no_bitmap_prefetch(node: *mut pg_sys::PlanState) {
+    if node.is_null() {
+        return;
+    }
+    // SAFETY: guaranteed by the caller; node tags say which struct each is.
+    unsafe {
+        match (*node).type_ {
+            pg_sys::NodeTag::T_BitmapHeapScanState => {
+                let scan = node as *mut pg_sys::BitmapHeapScanState;
+                let relation = (*scan).ss.ss_currentRelation;
+                if !relation.is_null() && is_cow_relation(relation) {
+                    (*scan).prefetch_maximum = 0;
+                }
+            }
+            pg_sys::NodeTag::T_AppendState => {
+                let append = node as *mut pg_sys::AppendState;
+                for i in 0..(*append).as_nplans.max(0) as usize {
+                    no_bitmap_prefetch(*(*append).appendplans.add(i));
+                }
+            }
+            pg_sys::NodeTag::T_MergeAppendState => {
+                let merge = node as *mut pg_sys::MergeAppendState;
+                for i in 0..(*merge).ms_nplans.max(0) as usize {
+                    no_bitmap_prefetch(*(*merge).mergeplans.add(i));
+                }
+            }
+            pg_sys::NodeTag::T_SubqueryScanState => {
+                no_bitmap_prefetch((*(node as *mut pg_sys::SubqueryScanState)).subplan);
+            }
+            _ => {}
+        }
+        no_bitmap_prefetch((*node).lefttree);
+        no_bitmap_prefetch((*node).righttree);
+        for list in [(*node).initPlan, (*node).subPlan] {
+            for_each_pointer(list, |subplan| {
+                no_bitmap_prefetch((*(subplan as *mut pg_sys::SubPlanState)).planstate)
+            });
+        }
+    }
+}
+
+/// # Safety
+/// `list` must be null (empty) or a valid pointer list.
+unsafe fn for_each_pointer(list: *mut pg_sys::List, mut each: impl FnMut(*mut std::ffi::c_void)) {
+    if list.is_null() {
+        return;
+    }
+    // SAFETY: guaranteed by the caller; a List holds `length` cells.
+    unsafe {
+        for i in 0..(*list).length.max(0) as usize {
+            each((*(*list).elements.add(i)).ptr_value);
+        }
+    }
+}
+
+/// ANALYZE (alone or with VACUUM) in a clone runs with
+/// maintenance_io_concurrency = 0, restored afterwards even on error.
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    let run = || {
+        // SAFETY: the arguments go unchanged to the next hook or the
+        // standard utility processor, as every utility hook must.
+        unsafe {
+            match PREVIOUS_PROCESS_UTILITY {
+                Some(previous) => pg_call!(previous(
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc
+                )),
+                None => pg_sys::standard_ProcessUtility(
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc,
+                ),
+            }
+        }
+    };
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    let is_vacuum_or_analyze = unsafe {
+        let node = (*pstmt).utilityStmt;
+        !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_VacuumStmt
+    };
+    if !is_vacuum_or_analyze || clone_view::current().is_none() {
+        return run();
+    }
+    let name = c"maintenance_io_concurrency";
+    // SAFETY: reading a GUC by name returns a string owned by the GUC
+    // machinery, copied before anything can change it.
+    let previous = unsafe {
+        CString::from(std::ffi::CStr::from_ptr(pg_sys::GetConfigOption(
+            name.as_ptr(),
+            false,
+            false,
+        )))
+    };
+    let set = |value: &std::ffi::CStr| {
+        // SAFETY: a valid setting name and value; as a session-level SET.
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SET,
+                true,
+                0,
+                false,
+            )
+        };
+    };
+    set(c"0");
+    PgTryBuilder::new(run).finally(|| set(&previous)).execute();
+}
