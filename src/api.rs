@@ -78,8 +78,10 @@ pub mod cow {
         ))
     }
 
-    /// The raw lineage records; `cow.clones` is the view to use.
-    #[pg_extern(stable, name = "_clone_records")]
+    /// The raw lineage records; `cow.clones` is the view to use. A clone
+    /// whose pin is older than `cow.pin_warn_age` is also reported with a
+    /// WARNING, so looking at the clones is enough to be told.
+    #[pg_extern(volatile, name = "_clone_records")]
     #[allow(clippy::type_complexity)]
     fn clone_records() -> TableIterator<
         'static,
@@ -92,21 +94,40 @@ pub mod cow {
             name!(clone_point_time, TimestampWithTimeZone),
             name!(created_at, TimestampWithTimeZone),
             name!(pin, String),
+            name!(pin_age, Option<i64>),
+            name!(pin_state, &'static str),
         ),
     > {
         let rows: Vec<_> = lineage::all_records()
             .into_iter()
-            .map(|r| {
-                (
-                    pg_sys::Oid::from(r.clone),
+            .filter_map(|r| {
+                let clone = pg_sys::Oid::from(r.clone);
+                // SAFETY: a catalog lookup inside a transaction; null when
+                // the clone's database no longer exists.
+                let name = unsafe { pg_sys::get_database_name(clone) };
+                if name.is_null() {
+                    return None;
+                }
+                // SAFETY: a palloc'd NUL-terminated name.
+                let name = unsafe { std::ffi::CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned();
+                let (age, state) = snapshot::pin_age(clone);
+                if let (snapshot::PinState::Old, Some(age)) = (state, age) {
+                    snapshot::warn_if_old(clone, &name, age);
+                }
+                Some((
+                    clone,
                     pg_sys::Oid::from(r.source),
                     r.source_name,
                     r.depth as i32,
                     lineage::format_lsn(r.point.lsn),
                     timestamp(r.point.taken_at),
                     timestamp(r.created_at),
-                    snapshot::slot_name(pg_sys::Oid::from(r.clone)),
-                )
+                    snapshot::slot_name(clone),
+                    age,
+                    state.label(),
+                ))
             })
             .collect();
         TableIterator::new(rows)
@@ -138,12 +159,12 @@ SELECT c.clone_oid,
        c.clone_point_lsn::pg_lsn AS clone_point_lsn,
        c.created_at,
        c.pin,
-       age(r.xmin) AS pin_age
+       c.pin_age,
+       c.pin_state
   FROM cow._clone_records() c
   JOIN pg_database d ON d.oid = c.clone_oid
-  LEFT JOIN pg_database s ON s.oid = c.source_oid
-  LEFT JOIN pg_replication_slots r ON r.slot_name = c.pin;
-COMMENT ON VIEW cow.clones IS 'Every clone in the cluster: source, clone point, status and the age of its pin';
+  LEFT JOIN pg_database s ON s.oid = c.source_oid;
+COMMENT ON VIEW cow.clones IS 'Every clone in the cluster: source, clone point, status, and the age and state (ok, warning past cow.pin_warn_age, missing) of its pin';
 
 CREATE FUNCTION cow.lineage(db name) RETURNS SETOF cow.clones
 LANGUAGE plpgsql STABLE AS $$
@@ -158,7 +179,7 @@ BEGIN
         SELECT p.*, chain.hop + 1 FROM cow.clones p JOIN chain ON p.clone_oid = chain.source_oid
     )
     SELECT clone_oid, clone, source_oid, source, depth, status, clone_point_time,
-           clone_point_lsn, created_at, pin, pin_age
+           clone_point_lsn, created_at, pin, pin_age, pin_state
       FROM chain ORDER BY hop;
 END
 $$;

@@ -36,6 +36,19 @@ impl CowError {
         self
     }
 
+    /// Reports at level WARNING: sent to the client and written to the
+    /// server log; execution goes on.
+    pub fn warn(self) {
+        let mut report = ErrorReport::new(self.code, self.message, "cowclone");
+        if let Some(detail) = self.detail {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = self.hint {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::WARNING);
+    }
+
     /// Raises the error at level ERROR: the current transaction is aborted
     /// and control never comes back.
     #[track_caller]

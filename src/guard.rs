@@ -177,6 +177,24 @@ fn option_named(options: *mut pg_sys::List, wanted: &str) -> bool {
     }
 }
 
+/// The string value of a statement option (`template = name`), if given.
+fn option_value(options: *mut pg_sys::List, wanted: &str) -> Option<std::ffi::CString> {
+    if options.is_null() {
+        return None;
+    }
+    // SAFETY: a parser-built, non-empty list of DefElem nodes; defGetString
+    // converts the argument (a name or a string) to a palloc'd string.
+    unsafe {
+        (0..(*options).length.max(0) as usize).find_map(|i| {
+            let def = (*(*options).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
+            if CStr::from_ptr((*def).defname).to_str() != Ok(wanted) || (*def).arg.is_null() {
+                return None;
+            }
+            Some(CStr::from_ptr(pg_sys::defGetString(def)).to_owned())
+        })
+    }
+}
+
 static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 #[pg_guard]
@@ -195,6 +213,27 @@ unsafe extern "C-unwind" fn process_utility(
     let dropped_database = unsafe {
         let node = (*pstmt).utilityStmt;
         match (*node).type_ {
+            // A file copy of a clone would have its catalog and empty local
+            // files but no clone record: its shadowed tables could not be read.
+            pg_sys::NodeTag::T_CreatedbStmt => {
+                let stmt = node as *mut pg_sys::CreatedbStmt;
+                if let Some(template) = option_value((*stmt).options, "template") {
+                    let oid = pg_sys::get_database_oid(template.as_ptr(), true);
+                    if oid != pg_sys::InvalidOid && lineage::read_record(oid).is_some() {
+                        let name = template.to_string_lossy();
+                        CowError::new(
+                            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                            format!("cannot use clone \"{name}\" as a template"),
+                        )
+                        .detail("A clone's tables still read its source's files; a file copy of the clone would not know where.")
+                        .hint(format!(
+                            "Clone its source with cow.clone() instead, or drop \"{name}\" and clone again."
+                        ))
+                        .raise();
+                    }
+                }
+                None
+            }
             pg_sys::NodeTag::T_DropdbStmt => {
                 let stmt = node as *mut pg_sys::DropdbStmt;
                 let oid = pg_sys::get_database_oid((*stmt).dbname, true);

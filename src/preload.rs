@@ -26,6 +26,7 @@ pub fn on_library_load() {
         crate::guard::install();
         crate::read_hooks::install();
         crate::failpoint::define_setting();
+        crate::snapshot::define_settings();
         crate::workers::register();
     }
 }

@@ -9,6 +9,7 @@
 //! first gets a conservative xmin under ProcArrayLock, the way logical slot
 //! creation does, then T is taken, then the pin moves up to T's xmin.
 
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::{pg_sys, PgSqlErrorCode};
 use serde::{Deserialize, Serialize};
 
@@ -164,4 +165,84 @@ pub fn drop_pin(clone: pg_sys::Oid) -> bool {
         pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
     }
     true
+}
+
+/// `cow.pin_warn_age`: a pin older than this many transactions is reported.
+static PIN_WARN_AGE: GucSetting<i32> = GucSetting::<i32>::new(10_000_000);
+
+pub fn define_settings() {
+    GucRegistry::define_int_guc(
+        c"cow.pin_warn_age",
+        c"Age in transactions past which a clone's pin is reported with a WARNING (0: never).",
+        c"A pin holds back VACUUM in every database of the cluster to its clone point; cow.clones shows its state.",
+        &PIN_WARN_AGE,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+/// How a clone's pin stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinState {
+    Ok,
+    /// Older than `cow.pin_warn_age`.
+    Old,
+    /// The clone's slot does not exist.
+    Missing,
+}
+
+impl PinState {
+    pub fn label(self) -> &'static str {
+        match self {
+            PinState::Ok => "ok",
+            PinState::Old => "warning",
+            PinState::Missing => "missing",
+        }
+    }
+}
+
+/// The age of a clone's pin in transactions (None if it has no slot), and its state.
+pub fn pin_age(clone: pg_sys::Oid) -> (Option<i64>, PinState) {
+    let name = std::ffi::CString::new(slot_name(clone)).expect("no NUL");
+    // SAFETY: looking a slot up takes ReplicationSlotControlLock; its xmin
+    // is read under the slot's spinlock, as slot.c does.
+    let xmin = unsafe {
+        let slot = pg_sys::SearchNamedReplicationSlot(name.as_ptr(), true);
+        if slot.is_null() {
+            return (None, PinState::Missing);
+        }
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        let xmin = (*slot).data.xmin;
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        u32::from(xmin)
+    };
+    // SAFETY: reading the next transaction id takes XidGenLock briefly.
+    let next = unsafe { pg_sys::ReadNextFullTransactionId().value } as u32;
+    let age = next.wrapping_sub(xmin) as i64;
+    let limit = PIN_WARN_AGE.get();
+    let state = if limit > 0 && age > limit as i64 {
+        PinState::Old
+    } else {
+        PinState::Ok
+    };
+    (Some(age), state)
+}
+
+/// Reports an old pin with a WARNING (client and server log).
+pub fn warn_if_old(clone: pg_sys::Oid, clone_name: &str, age: i64) {
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "the pin of clone \"{clone_name}\" is {age} transactions old (cow.pin_warn_age is {})",
+            PIN_WARN_AGE.get()
+        ),
+    )
+    .detail(format!(
+        "Replication slot \"{}\" holds back VACUUM in every database of the cluster to the clone point, so dead rows accumulate everywhere.",
+        slot_name(clone)
+    ))
+    .hint(format!("Drop the clone (DROP DATABASE {clone_name}) when it is no longer needed."))
+    .warn();
 }

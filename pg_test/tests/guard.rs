@@ -22,6 +22,17 @@ fn cluster_with_clone() -> Cluster {
              CREATE TABLE owned (i int); ALTER TABLE owned OWNER TO owner_role;",
         )
         .unwrap();
+    // A second tablespace, for the SET TABLESPACE forms.
+    let location = cluster.dir.join("second_tablespace");
+    std::fs::create_dir(&location).unwrap();
+    let owner = pg_test::cluster::owner_uid(&cluster.data_dir()).unwrap();
+    std::os::unix::fs::chown(&location, Some(owner), None).unwrap();
+    cluster
+        .psql(
+            "postgres",
+            &format!("CREATE TABLESPACE second LOCATION '{}'", location.display()),
+        )
+        .unwrap();
     cluster
         .psql("prod", "SELECT cow.clone('prod', 'staging')")
         .unwrap();
@@ -30,8 +41,11 @@ fn cluster_with_clone() -> Cluster {
 
 /// Every command that would drop or rewrite storage the clone reads; the
 /// drops come last because the second half of the test runs them for real.
-const REFUSED: [&str; 16] = [
+const REFUSED: [&str; 19] = [
     "TRUNCATE t",
+    "ALTER TABLE t SET TABLESPACE second",
+    "ALTER INDEX t_v SET TABLESPACE second",
+    "ALTER MATERIALIZED VIEW m SET TABLESPACE second",
     "VACUUM FULL t",
     "CLUSTER t USING t_pkey",
     "REINDEX TABLE t",
@@ -114,7 +128,11 @@ fn storage_a_clone_reads_cannot_be_dropped_or_rewritten() {
 
     // The source itself cannot go either.
     let mut admin = cluster.connect("postgres").unwrap();
-    for sql in ["DROP DATABASE prod", "DROP DATABASE prod WITH (FORCE)"] {
+    for sql in [
+        "DROP DATABASE prod",
+        "DROP DATABASE prod WITH (FORCE)",
+        "ALTER DATABASE prod SET TABLESPACE second",
+    ] {
         drop(client);
         let error = admin.batch_execute(sql).unwrap_err();
         assert_eq!(sqlstate(&error), "2BP01", "{sql}: {error}");
@@ -174,4 +192,100 @@ fn everything_else_keeps_working_in_the_source() {
     let mut clone = cluster.connect("staging").unwrap();
     clone.batch_execute("DROP TABLE side.s").unwrap();
     assert_eq!(rows(&cluster, "prod", "SELECT count(*) FROM side.s"), ["0"]);
+}
+
+#[test]
+fn an_old_pin_is_shown_and_logged() {
+    let cluster = cluster_with_clone();
+    assert_eq!(
+        rows(&cluster, "prod", "SELECT pin_state, pin_age < 1000 FROM cow.clones"),
+        ["ok|t"]
+    );
+    for _ in 0..12 {
+        cluster.psql("prod", "SELECT txid_current()").unwrap();
+    }
+    let output = cluster
+        .client_command("psql", "prod")
+        .args([
+            "-X",
+            "-At",
+            "-c",
+            "SET cow.pin_warn_age = 10; SELECT clone, pin_state, pin_age >= 12 FROM cow.clones",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stdout.trim(), "staging|warning|t", "{stderr}");
+    assert!(
+        stderr.contains("WARNING:  the pin of clone \"staging\" is")
+            && stderr.contains("cow.pin_warn_age is 10"),
+        "{stderr}"
+    );
+    assert!(
+        cluster.log().contains("the pin of clone \"staging\" is"),
+        "the warning is in the server log too"
+    );
+    // Only superusers may change the threshold; 0 turns warnings off.
+    assert_eq!(
+        rows(
+            &cluster,
+            "prod",
+            "SET cow.pin_warn_age = 0; SELECT pin_state FROM cow.clones"
+        ),
+        ["ok"]
+    );
+    cluster.psql("prod", "CREATE ROLE plain LOGIN").unwrap();
+    let mut plain = cluster.connect_as("plain", "prod").unwrap();
+    let error = plain.batch_execute("SET cow.pin_warn_age = 1").unwrap_err();
+    assert_eq!(sqlstate(&error), "42501", "{error}");
+}
+
+#[test]
+fn a_clone_cannot_be_a_template_and_a_source_in_use_cannot_either() {
+    let cluster = cluster_with_clone();
+    let mut admin = cluster.connect("postgres").unwrap();
+    let error = admin
+        .batch_execute("CREATE DATABASE copy_of_clone TEMPLATE staging")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "0A000", "{error}");
+    assert!(
+        error
+            .as_db_error()
+            .unwrap()
+            .message()
+            .contains("cannot use clone \"staging\" as a template"),
+        "{error}"
+    );
+    // A source is an ordinary template when nobody is connected to it; the
+    // copy is a plain database, not a clone.
+    admin
+        .batch_execute("CREATE DATABASE copy_of_source TEMPLATE prod")
+        .unwrap();
+    assert_eq!(
+        rows(&cluster, "copy_of_source", "SELECT count(*) FROM t"),
+        ["1000"]
+    );
+    assert_eq!(
+        rows(&cluster, "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'copy%' ORDER BY 1"),
+        ["copy_of_source"]
+    );
+    // While a clone is being made its source is in use, so TEMPLATE refuses as PostgreSQL does.
+    let mut cloner = cluster.connect("prod").unwrap();
+    cloner
+        .batch_execute("SET cow.debug_failpoint = 'sleep:after_catalog_copy'")
+        .unwrap();
+    // The cloning session stays connected until joined.
+    let clone = std::thread::spawn(move || {
+        let outcome = cloner.batch_execute("SELECT cow.clone('prod', 'second')");
+        (cloner, outcome)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let error = admin
+        .batch_execute("CREATE DATABASE copy_during_clone TEMPLATE prod")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "55006", "{error}");
+    let (_cloner, outcome) = clone.join().unwrap();
+    outcome.unwrap();
+    assert_eq!(rows(&cluster, "second", "SELECT count(*) FROM t"), ["1000"]);
 }
