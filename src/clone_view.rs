@@ -86,6 +86,38 @@ impl CloneView {
     }
 }
 
+thread_local! {
+    /// Owner fields for the source's storage handles, one per relfilenode,
+    /// boxed so their addresses never move.
+    static OWNED_SMGR: std::cell::RefCell<std::collections::HashMap<u32, Box<pg_sys::SMgrRelation>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The owner field that keeps a source relation's files open in this
+/// backend, as the relcache does for its own relations: without it the
+/// handle would be closed, and its files reopened, at every transaction end.
+pub fn smgr_home(locator: RelLocator) -> *mut pg_sys::SMgrRelation {
+    let relfilenode = u32::from(compat::locator_relfilenode(&locator));
+    OWNED_SMGR.with(|owned| {
+        let mut owned = owned.borrow_mut();
+        let home = owned
+            .entry(relfilenode)
+            .or_insert_with(|| Box::new(std::ptr::null_mut()));
+        &mut **home as *mut pg_sys::SMgrRelation
+    })
+}
+
+/// Number of blocks of a shadowed relation's source main fork, which always
+/// exists (the source guard keeps it), through the backend's owned handle.
+pub fn source_block_count(locator: RelLocator) -> u32 {
+    // SAFETY: the home field lives for the process; smgrnblocks opens the
+    // file if needed and raises if it is missing.
+    unsafe {
+        let smgr = compat::own_smgr(smgr_home(locator), locator);
+        pg_sys::smgrnblocks(smgr, pg_sys::ForkNumber::MAIN_FORKNUM)
+    }
+}
+
 /// Builds T as a process-lifetime MVCC snapshot. Every transaction running at
 /// T (subtransactions included) is in `xip`, so `suboverflowed` is false and
 /// pg_subtrans is never consulted.

@@ -92,6 +92,11 @@ pub unsafe fn read_buffer_shared(
     }
 }
 
+/// The relfilenode part of a locator.
+pub fn locator_relfilenode(locator: &RelLocator) -> pg_sys::Oid {
+    locator.relNode
+}
+
 /// The relfilenode a relation's storage is named after.
 ///
 /// # Safety
@@ -110,15 +115,36 @@ pub unsafe fn set_relation_locator(rel: pg_sys::Relation, locator: RelLocator) {
     unsafe { (*rel).rd_node = locator };
 }
 
-/// Stops an smgr handle from pointing back at `owner`, which is about to be freed.
+/// Makes `owner` (a long-lived field) the owner of the storage handle for
+/// `locator`, as a relcache entry owns its relation's: an owned handle keeps
+/// its files open across transactions, and PostgreSQL nulls the field when
+/// it closes the handle (invalidation, DROP DATABASE barriers), after which
+/// the next call opens it again.
 ///
 /// # Safety
-/// `owner` must be the address of a relation's `rd_smgr` field.
-pub unsafe fn release_smgr_owner(owner: *mut pg_sys::SMgrRelation) {
-    // SAFETY: guaranteed by the caller; smgrclearowner ignores handles owned by others.
+/// `owner` must stay valid until ownership is handed elsewhere.
+pub unsafe fn own_smgr(
+    owner: *mut pg_sys::SMgrRelation,
+    locator: RelLocator,
+) -> pg_sys::SMgrRelation {
+    // SAFETY: guaranteed by the caller.
     unsafe {
-        if !(*owner).is_null() {
-            pg_sys::smgrclearowner(owner, *owner);
+        if (*owner).is_null() {
+            pg_sys::smgrsetowner(owner, smgr_open(locator));
+        }
+        *owner
+    }
+}
+
+/// Hands the handle `from` owns (if any) to `to`, so `from` can be freed.
+///
+/// # Safety
+/// Both must be addresses of owner fields; `to` must stay valid.
+pub unsafe fn hand_smgr_to(from: *mut pg_sys::SMgrRelation, to: *mut pg_sys::SMgrRelation) {
+    // SAFETY: guaranteed by the caller; smgrsetowner nulls `from`.
+    unsafe {
+        if !(*from).is_null() {
+            pg_sys::smgrsetowner(to, *from);
         }
     }
 }
@@ -169,6 +195,12 @@ pub unsafe fn log_newpage(
 // catches the longjmp and turns it into a Rust-safe error.
 unsafe extern "C" {
     fn log_smgrcreate(rnode: *const pg_sys::RelFileNode, fork: pg_sys::ForkNumber::Type);
+    #[link_name = "ExecStoreBufferHeapTuple"]
+    fn ExecStoreBufferHeapTupleUnguarded(
+        tuple: pg_sys::HeapTuple,
+        slot: *mut pg_sys::TupleTableSlot,
+        buffer: pg_sys::Buffer,
+    ) -> *mut pg_sys::TupleTableSlot;
     fn PredicateLockRelation(relation: pg_sys::Relation, snapshot: pg_sys::Snapshot);
     fn RelationMapCopy(
         dbid: pg_sys::Oid,
@@ -176,6 +208,31 @@ unsafe extern "C" {
         srcdbpath: *mut c_char,
         dstdbpath: *mut c_char,
     );
+}
+
+/// Stores a tuple that lives on a pinned buffer page in a slot (which takes
+/// its own pin). This is the per-row call of every scan, so it skips pgrx's
+/// error boundary (a sigsetjmp per call, about a tenth of a scan's time)
+/// whenever it cannot raise: its one ERROR of its own is for a slot of
+/// another type, checked here first. What remains is running out of memory
+/// while the slot takes its pin; that ERROR would skip the scan callback's
+/// Rust frames, which hold only plain data (nothing to drop or unlock).
+///
+/// # Safety
+/// `tuple` must point into the page of `buffer`, which must be pinned.
+pub unsafe fn store_buffer_tuple(
+    tuple: pg_sys::HeapTuple,
+    slot: *mut pg_sys::TupleTableSlot,
+    buffer: pg_sys::Buffer,
+) {
+    // SAFETY: guaranteed by the caller; the slot's ops pointer identifies its type.
+    unsafe {
+        if std::ptr::eq((*slot).tts_ops, &raw const pg_sys::TTSOpsBufferHeapTuple) {
+            ExecStoreBufferHeapTupleUnguarded(tuple, slot, buffer);
+        } else {
+            pg_sys::ExecStoreBufferHeapTuple(tuple, slot, buffer);
+        }
+    }
 }
 
 /// Takes a serializable transaction's relation-level read lock, as heapam

@@ -145,8 +145,23 @@ pub unsafe fn collect_visible(
 ) -> (usize, u16) {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let max = page::max_offset(page_bytes(buffer)).min(MAX_TUPLES_PER_PAGE) as u16;
+        let bytes = page_bytes(buffer);
+        let max = page::max_offset(bytes).min(MAX_TUPLES_PER_PAGE) as u16;
         let mut count = 0;
+        if page::is_all_visible(bytes) && is_mvcc(snapshot) {
+            // Every tuple is visible to every snapshot not older than the
+            // oldest xmin of the VACUUM that set the flag; any change to the
+            // page since would have cleared it. That xmin never passes a
+            // pinned clone point, so T sees them all too (heapam takes the
+            // same shortcut for current snapshots).
+            for offset in 1..=max {
+                if page::line_pointer(bytes, offset as usize).flags == LP_NORMAL {
+                    out[count] = offset;
+                    count += 1;
+                }
+            }
+            return (count, max);
+        }
         for offset in 1..=max {
             if visible_tuple_at(buffer, block, offset, table, snapshot).is_some() {
                 out[count] = offset;
@@ -154,6 +169,16 @@ pub unsafe fn collect_visible(
             }
         }
         (count, max)
+    }
+}
+
+/// # Safety
+/// `snapshot` must be valid.
+unsafe fn is_mvcc(snapshot: pg_sys::Snapshot) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_MVCC
+            && !(*snapshot).takenDuringRecovery
     }
 }
 

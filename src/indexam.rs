@@ -102,33 +102,57 @@ unsafe extern "C-unwind" fn amvacuumcleanup(
     }
 }
 
-/// The AM a wrapper wraps, from the wrapper's name.
+/// The routine of the AM a wrapper index wraps, looked up once per wrapper
+/// AM in this backend (a backend's database, and so its AM OIDs, never
+/// change) and kept in TopMemoryContext.
 ///
 /// # Safety
 /// `index` must be a valid index relation using one of the wrappers.
-unsafe fn wrapped_am(index: pg_sys::Relation) -> pg_sys::Oid {
-    // SAFETY: guaranteed by the caller; get_am_name returns a palloc'd copy.
-    let name = unsafe {
-        let name = pg_sys::get_am_name((*(*index).rd_rel).relam);
-        if name.is_null() {
+unsafe fn wrapped_routine(index: pg_sys::Relation) -> &'static pg_sys::IndexAmRoutine {
+    thread_local! {
+        static ROUTINES: std::cell::RefCell<Vec<(pg_sys::Oid, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    // SAFETY: guaranteed by the caller.
+    let wrapper = unsafe { (*(*index).rd_rel).relam };
+    if let Some(found) = ROUTINES.with(|r| {
+        r.borrow()
+            .iter()
+            .find(|(am, _)| *am == wrapper)
+            .map(|(_, p)| *p)
+    }) {
+        // SAFETY: stored below from a routine allocated in TopMemoryContext.
+        return unsafe { &*(found as *const pg_sys::IndexAmRoutine) };
+    }
+    // SAFETY: get_am_name returns a palloc'd copy or null; the handler's
+    // routine is allocated in TopMemoryContext so it lives for the process.
+    let routine = unsafe {
+        let name = pg_sys::get_am_name(wrapper);
+        let name = if name.is_null() {
             String::new()
         } else {
             std::ffi::CStr::from_ptr(name)
                 .to_string_lossy()
                 .into_owned()
-        }
+        };
+        let wrapped = WRAPPED
+            .iter()
+            .find(|(w, _, _)| *w == name)
+            .map(|(_, oid, _)| pg_sys::Oid::from(*oid))
+            .unwrap_or_else(|| {
+                CowError::new(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("access method \"{name}\" is not a cowclone index wrapper"),
+                )
+                .raise()
+            });
+        let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+        let routine = pg_sys::GetIndexAmRoutineByAmId(wrapped, false);
+        pg_sys::MemoryContextSwitchTo(old);
+        routine
     };
-    WRAPPED
-        .iter()
-        .find(|(wrapper, _, _)| *wrapper == name)
-        .map(|(_, oid, _)| pg_sys::Oid::from(*oid))
-        .unwrap_or_else(|| {
-            CowError::new(
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("access method \"{name}\" is not a cowclone index wrapper"),
-            )
-            .raise()
-        })
+    ROUTINES.with(|r| r.borrow_mut().push((wrapper, routine as usize)));
+    // SAFETY: allocated in TopMemoryContext, never freed.
+    unsafe { &*routine }
 }
 
 /// A copy of a clone's index descriptor that reads the source's index file.
@@ -136,17 +160,32 @@ unsafe fn wrapped_am(index: pg_sys::Relation) -> pg_sys::Oid {
 /// Lives in its own memory context: the wrapped AM caches metapages and
 /// support functions there (never in the clone's relcache entry, whose
 /// caches describe the local file), and deleting the context releases the
-/// storage handle's pointer back into the copy.
+/// storage handle's pointer back into the copy. The wrapped AM's routine is
+/// shared and long-lived.
 struct SourceIndex {
     rel: pg_sys::Relation,
     context: pg_sys::MemoryContext,
 }
 
+/// Registered on the copy's memory context: before the copy is freed, its
+/// storage handle goes back to the backend's long-lived owner field, so the
+/// handle never points into freed memory and the files stay open.
+#[repr(C)]
+struct GiveBackSmgr {
+    callback: pg_sys::MemoryContextCallback,
+    copy: pg_sys::Relation,
+    home: *mut pg_sys::SMgrRelation,
+}
+
 #[pg_guard]
-unsafe extern "C-unwind" fn forget_smgr_owner(copy: *mut std::ffi::c_void) {
-    // SAFETY: registered with the address of a copied descriptor that lives
-    // in the context being reset; its rd_smgr field is still readable.
-    unsafe { compat::release_smgr_owner(&mut (*(copy as pg_sys::Relation)).rd_smgr) };
+unsafe extern "C-unwind" fn give_back_smgr(arg: *mut std::ffi::c_void) {
+    // SAFETY: registered with a GiveBackSmgr living in the context being
+    // reset, whose copy's rd_smgr field is still readable; the home field
+    // lives for the process.
+    unsafe {
+        let give_back = arg as *mut GiveBackSmgr;
+        compat::hand_smgr_to(&mut (*(*give_back).copy).rd_smgr, (*give_back).home);
+    }
 }
 
 impl SourceIndex {
@@ -179,28 +218,30 @@ impl SourceIndex {
             (*rel).rd_indexcxt = context;
             (*rel).pgstat_info = std::ptr::null_mut();
             (*rel).pgstat_enabled = false;
-            let old = pg_sys::MemoryContextSwitchTo(context);
-            (*rel).rd_indam = pg_sys::GetIndexAmRoutineByAmId(wrapped_am(index), false);
-            pg_sys::MemoryContextSwitchTo(old);
+            (*rel).rd_indam = wrapped_routine(index) as *const _ as *mut _;
             let support =
                 (*(*rel).rd_indam).amsupport as usize * (*(*index).rd_rel).relnatts as usize;
             (*rel).rd_supportinfo = pg_sys::MemoryContextAllocZero(
                 context,
                 support.max(1) * std::mem::size_of::<pg_sys::FmgrInfo>(),
             ) as *mut pg_sys::FmgrInfo;
-            let callback = pg_sys::MemoryContextAllocZero(
-                context,
-                std::mem::size_of::<pg_sys::MemoryContextCallback>(),
-            ) as *mut pg_sys::MemoryContextCallback;
-            (*callback).func = Some(forget_smgr_owner);
-            (*callback).arg = rel.cast();
-            pg_sys::MemoryContextRegisterResetCallback(context, callback);
+            let home = clone_view::smgr_home(locator);
+            compat::own_smgr(home, locator);
+            compat::hand_smgr_to(home, &mut (*rel).rd_smgr);
+            let give_back =
+                pg_sys::MemoryContextAllocZero(context, std::mem::size_of::<GiveBackSmgr>())
+                    as *mut GiveBackSmgr;
+            (*give_back).callback.func = Some(give_back_smgr);
+            (*give_back).callback.arg = give_back.cast();
+            (*give_back).copy = rel;
+            (*give_back).home = home;
+            pg_sys::MemoryContextRegisterResetCallback(context, &mut (*give_back).callback);
             Some(Self { rel, context })
         }
     }
 
     fn routine(&self) -> &pg_sys::IndexAmRoutine {
-        // SAFETY: set in open() to the wrapped AM's routine, allocated in the context.
+        // SAFETY: set in open() to the wrapped AM's routine, which lives for the process.
         unsafe { &*(*self.rel).rd_indam }
     }
 
@@ -440,16 +481,16 @@ unsafe extern "C-unwind" fn amcostestimate(
     unsafe {
         let info = (*path).indexinfo;
         let index = pg_sys::RelationIdGetRelation((*info).indexoid);
-        let routine = pg_sys::GetIndexAmRoutineByAmId(wrapped_am(index), false);
+        let routine = wrapped_routine(index);
         if let Some(locator) = clone_view::current()
             .and_then(|view| view.source_locator(compat::relfilenode_of(index)))
         {
-            (*info).pages = crate::source::block_count(locator, pg_sys::ForkNumber::MAIN_FORKNUM);
+            (*info).pages = clone_view::source_block_count(locator);
         }
         pg_sys::RelationClose(index);
         let hypothetical = (*info).hypothetical;
         (*info).hypothetical = true;
-        let estimate = (*routine).amcostestimate.expect("every AM estimates");
+        let estimate = routine.amcostestimate.expect("every AM estimates");
         pg_call!(estimate(
             root,
             path,

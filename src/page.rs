@@ -109,6 +109,11 @@ pub fn max_offset(page: &[u8]) -> usize {
     lower.saturating_sub(PAGE_HEADER_SIZE) / LINE_POINTER_SIZE
 }
 
+/// PD_ALL_VISIBLE: VACUUM found every tuple on the page visible to all.
+pub fn is_all_visible(page: &[u8]) -> bool {
+    read_u16(page, PD_FLAGS) & PD_ALL_VISIBLE != 0
+}
+
 pub fn line_pointer(page: &[u8], offset: usize) -> LinePointer {
     let at = PAGE_HEADER_SIZE + (offset - 1) * LINE_POINTER_SIZE;
     LinePointer::decode(u32::from_le_bytes(

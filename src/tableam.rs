@@ -56,15 +56,17 @@ unsafe fn source_of(rel: pg_sys::Relation) -> Option<PageSource> {
         let view = clone_view::required(&relation_name(rel));
         let permanent = (*(*rel).rd_rel).relpersistence == pg_sys::RELPERSISTENCE_PERMANENT as i8;
         view.source_locator(crate::compat::relfilenode_of(rel))
-            .map(|locator| PageSource::Source { locator, permanent })
+            .map(|locator| {
+                // Keep the source's files open across transactions.
+                crate::compat::own_smgr(clone_view::smgr_home(locator), locator);
+                PageSource::Source { locator, permanent }
+            })
     }
 }
 
 fn source_blocks(source: Option<PageSource>) -> u32 {
     match source {
-        Some(PageSource::Source { locator, .. }) => {
-            crate::source::block_count(locator, pg_sys::ForkNumber::MAIN_FORKNUM)
-        }
+        Some(PageSource::Source { locator, .. }) => clone_view::source_block_count(locator),
         _ => 0,
     }
 }
@@ -198,7 +200,7 @@ impl CowScan {
                 offset,
                 (*self.base.rs_rd).rd_id,
             );
-            pg_sys::ExecStoreBufferHeapTuple(&mut self.tuple, slot, self.buffer);
+            crate::compat::store_buffer_tuple(&mut self.tuple, slot, self.buffer);
         }
     }
 
@@ -707,7 +709,7 @@ unsafe extern "C-unwind" fn relation_size(
         }
         let source = clone_view::current()
             .and_then(|view| view.source_locator(crate::compat::relfilenode_of(rel)))
-            .map(|locator| crate::source::block_count(locator, pg_sys::ForkNumber::MAIN_FORKNUM))
+            .map(clone_view::source_block_count)
             .unwrap_or(0);
         local + source as u64 * BLCKSZ as u64
     }

@@ -198,7 +198,11 @@ fn everything_else_keeps_working_in_the_source() {
 fn an_old_pin_is_shown_and_logged() {
     let cluster = cluster_with_clone();
     assert_eq!(
-        rows(&cluster, "prod", "SELECT pin_state, pin_age < 1000 FROM cow.clones"),
+        rows(
+            &cluster,
+            "prod",
+            "SELECT pin_state, pin_age < 1000 FROM cow.clones"
+        ),
         ["ok|t"]
     );
     for _ in 0..12 {
@@ -208,6 +212,7 @@ fn an_old_pin_is_shown_and_logged() {
         .client_command("psql", "prod")
         .args([
             "-X",
+            "-q",
             "-At",
             "-c",
             "SET cow.pin_warn_age = 10; SELECT clone, pin_state, pin_age >= 12 FROM cow.clones",
@@ -267,7 +272,11 @@ fn a_clone_cannot_be_a_template_and_a_source_in_use_cannot_either() {
         ["1000"]
     );
     assert_eq!(
-        rows(&cluster, "postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'copy%' ORDER BY 1"),
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'copy%' ORDER BY 1"
+        ),
         ["copy_of_source"]
     );
     // While a clone is being made its source is in use, so TEMPLATE refuses as PostgreSQL does.
