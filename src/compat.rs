@@ -382,6 +382,15 @@ pub unsafe fn proc_array_lock() -> *mut pg_sys::LWLock {
     unsafe { &mut (*pg_sys::MainLWLockArray.add(4)).lock }
 }
 
+/// ReplicationSlotControlLock: MainLWLockArray[37] on PostgreSQL 15.
+///
+/// # Safety
+/// Shared memory must be attached.
+pub unsafe fn replication_slot_control_lock() -> *mut pg_sys::LWLock {
+    // SAFETY: guaranteed by the caller; index 37 in lwlocknames.txt.
+    unsafe { &mut (*pg_sys::MainLWLockArray.add(37)).lock }
+}
+
 /// The payload of an `XLOG_DBASE_DROP` record for one tablespace.
 #[repr(C)]
 pub struct DatabaseDropRecord {

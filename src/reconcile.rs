@@ -7,7 +7,8 @@
 //! marker is stale) or a crash interrupted it (no database): then its
 //! directory, state file and pin are removed. A state file whose database is
 //! gone (a crash between DROP DATABASE and forgetting the clone) is removed
-//! with its pin. Runs at server start and at the start of every clone.
+//! with its pin, and so is a cowclone pin left with neither database nor
+//! record. Runs at server start and at the start of every clone.
 
 use std::fs;
 
@@ -81,6 +82,22 @@ pub fn remove_interrupted_clones() -> usize {
         let clone = pg_sys::Oid::from(record.clone);
         if !database_exists(clone) && !lineage::marker_path(clone).exists() {
             lineage::forget_clone(clone);
+            removed += 1;
+        }
+    }
+    // A pin whose clone left no record (its state file is gone).
+    for clone in snapshot::persistent_pins() {
+        if database_exists(clone)
+            || lineage::marker_path(clone).exists()
+            || lineage::read_record(clone).is_some()
+        {
+            continue;
+        }
+        if snapshot::drop_pin(clone) {
+            pgrx::log!(
+                "cowclone: released pin {} whose clone no longer exists",
+                snapshot::slot_name(clone)
+            );
             removed += 1;
         }
     }

@@ -246,3 +246,37 @@ pub fn warn_if_old(clone: pg_sys::Oid, clone_name: &str, age: i64) {
     .hint(format!("Drop the clone (DROP DATABASE {clone_name}) when it is no longer needed."))
     .warn();
 }
+
+/// Clones named by persistent, inactive cowclone slots: candidates for a
+/// pin whose clone is gone. Slots still being set up are ephemeral or
+/// acquired, and are left alone.
+pub fn persistent_pins() -> Vec<pg_sys::Oid> {
+    let mut clones = Vec::new();
+    // SAFETY: the slot array is read under ReplicationSlotControlLock in
+    // shared mode, as pg_get_replication_slots does; each slot's fields are
+    // read under its spinlock.
+    unsafe {
+        let lock = compat::replication_slot_control_lock();
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
+        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
+        for i in 0..pg_sys::max_replication_slots.max(0) as usize {
+            let slot = slots.add(i);
+            if !(*slot).in_use {
+                continue;
+            }
+            pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+            let name = pgrx::name_data_to_str(&(*slot).data.name).to_string();
+            let settled = (*slot).data.persistency
+                == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT
+                && (*slot).active_pid == 0;
+            pg_sys::SpinLockRelease(&mut (*slot).mutex);
+            if let (true, Some(oid)) = (settled, name.strip_prefix("cowclone_")) {
+                if let Ok(oid) = oid.parse::<u32>() {
+                    clones.push(pg_sys::Oid::from(oid));
+                }
+            }
+        }
+        pg_sys::LWLockRelease(lock);
+    }
+    clones
+}

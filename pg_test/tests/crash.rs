@@ -215,3 +215,47 @@ fn a_committed_clone_survives_a_crash() {
         ["staging"]
     );
 }
+
+#[test]
+fn a_pin_left_without_its_clone_is_released_at_restart() {
+    let mut cluster = cluster_with_source();
+    let before = footprint(&cluster);
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    let clone_oid = rows(
+        &cluster,
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'staging'",
+    )
+    .remove(0);
+    // Lose the clone's record while the server is down, then drop the clone:
+    // nothing is left that says the pin belongs to a clone.
+    cluster.stop().unwrap();
+    std::fs::remove_file(
+        cluster
+            .data_dir()
+            .join("pg_cowclone")
+            .join(format!("{clone_oid}.state")),
+    )
+    .unwrap();
+    cluster.start().unwrap();
+    cluster.psql("postgres", "DROP DATABASE staging").unwrap();
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT slot_name FROM pg_replication_slots"
+        ),
+        [format!("cowclone_{clone_oid}")],
+        "the orphaned pin is still there"
+    );
+
+    cluster.crash().unwrap();
+    cluster.start().unwrap();
+    let released = format!("released pin cowclone_{clone_oid} whose clone no longer exists");
+    wait_for("the start-up worker", Duration::from_secs(30), || {
+        cluster.log().contains(&released)
+    });
+    assert_eq!(footprint(&cluster), before);
+}
