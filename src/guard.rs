@@ -23,6 +23,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::error::CowError;
+use crate::hooks;
 use crate::lineage::{self, CloneRecord};
 
 pub fn install() {
@@ -197,7 +198,8 @@ fn option_value(options: *mut pg_sys::List, wanted: &str) -> Option<std::ffi::CS
 
 static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
-#[pg_guard]
+/// No `#[pg_guard]`: see `hooks` (an error raised by the statement passes
+/// through unchanged). The checks before and after are guarded functions.
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -209,6 +211,35 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    let dropped_database = unsafe { check_utility(pstmt) };
+    let call = hooks::UtilityCall {
+        pstmt,
+        query_string,
+        read_only_tree,
+        context,
+        params,
+        query_env,
+        dest,
+        qc,
+    };
+    // SAFETY: the arguments go unchanged to the next hook or the standard
+    // function, as every utility hook must; this frame holds plain values only.
+    unsafe { hooks::pass_on_utility(PREVIOUS_PROCESS_UTILITY, call) };
+    if dropped_database != pg_sys::InvalidOid {
+        forget_dropped_clone(dropped_database);
+    }
+}
+
+#[pg_guard]
+extern "C-unwind" fn forget_dropped_clone(database: pg_sys::Oid) {
+    lineage::forget_clone(database);
+}
+
+/// Refuses what must not run in or on a source; returns the database a
+/// DROP DATABASE drops (InvalidOid otherwise).
+#[pg_guard]
+unsafe extern "C-unwind" fn check_utility(pstmt: *mut pg_sys::PlannedStmt) -> pg_sys::Oid {
     // SAFETY: PostgreSQL passes a valid planned utility statement.
     let dropped_database = unsafe {
         let node = (*pstmt).utilityStmt;
@@ -260,37 +291,5 @@ unsafe extern "C-unwind" fn process_utility(
             _ => None,
         }
     };
-    // SAFETY: the arguments are passed through unchanged to the next hook or
-    // to standard_ProcessUtility, as every utility hook must; the previous
-    // hook is called inside pg_guard_ffi_boundary, which catches its longjmp.
-    #[allow(ffi_unwind_calls)]
-    unsafe {
-        match PREVIOUS_PROCESS_UTILITY {
-            Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                previous(
-                    pstmt,
-                    query_string,
-                    read_only_tree,
-                    context,
-                    params,
-                    query_env,
-                    dest,
-                    qc,
-                )
-            }),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
-    }
-    if let Some(database) = dropped_database.filter(|oid| *oid != pg_sys::InvalidOid) {
-        lineage::forget_clone(database);
-    }
+    dropped_database.unwrap_or(pg_sys::InvalidOid)
 }

@@ -28,6 +28,7 @@ mod error;
 mod failpoint;
 mod guard;
 mod heap_page;
+mod hooks;
 mod indexam;
 mod lineage;
 mod page;

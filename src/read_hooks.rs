@@ -10,12 +10,11 @@
 //!   file, which has none of the source's blocks, and md.c refuses to
 //!   prefetch past a missing segment ("previous segment is only 0 blocks").
 
-use std::ffi::CString;
-
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use crate::clone_view;
+use crate::hooks;
 use crate::tableam::is_cow_relation;
 
 static mut PREVIOUS_PATHLIST: pg_sys::set_rel_pathlist_hook_type = None;
@@ -36,19 +35,32 @@ pub fn install() {
     }
 }
 
-#[pg_guard]
+/// No `#[pg_guard]`: see `hooks`.
+#[allow(ffi_unwind_calls)]
 unsafe extern "C-unwind" fn without_partial_paths(
     root: *mut pg_sys::PlannerInfo,
     rel: *mut pg_sys::RelOptInfo,
     rti: pg_sys::Index,
     rte: *mut pg_sys::RangeTblEntry,
 ) {
+    // SAFETY: the planner's arguments go unchanged to the previous hook,
+    // which reports errors by longjmp; this frame holds plain values only.
+    unsafe {
+        if let Some(previous) = PREVIOUS_PATHLIST {
+            previous(root, rel, rti, rte);
+        }
+        drop_partial_paths(rel, rte);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn drop_partial_paths(
+    rel: *mut pg_sys::RelOptInfo,
+    rte: *mut pg_sys::RangeTblEntry,
+) {
     // SAFETY: the planner passes valid structures and has already locked
     // the relation, so opening it without a lock is safe.
     unsafe {
-        if let Some(previous) = PREVIOUS_PATHLIST {
-            pg_call!(previous(root, rel, rti, rte));
-        }
         if (*rel).partial_pathlist.is_null()
             || (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION
             || clone_view::current().is_none()
@@ -66,18 +78,20 @@ unsafe extern "C-unwind" fn without_partial_paths(
     }
 }
 
-#[pg_guard]
+/// No `#[pg_guard]`: see `hooks`.
 unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
     // SAFETY: the arguments go unchanged to the next hook or the standard
-    // executor start, which builds the plan state tree walked afterwards.
-    unsafe {
-        match PREVIOUS_EXECUTOR_START {
-            Some(previous) => pg_call!(previous(query, eflags)),
-            None => pg_sys::standard_ExecutorStart(query, eflags),
-        }
-        if clone_view::current().is_some() {
-            no_bitmap_prefetch((*query).planstate);
-        }
+    // executor start; this frame holds plain values only.
+    unsafe { hooks::pass_on_executor_start(PREVIOUS_EXECUTOR_START, query, eflags) };
+    // SAFETY: the executor has just built the query's plan state.
+    unsafe { after_executor_start(query) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn after_executor_start(query: *mut pg_sys::QueryDesc) {
+    if clone_view::current().is_some() {
+        // SAFETY: a started query's plan state tree.
+        unsafe { no_bitmap_prefetch((*query).planstate) };
     }
 }
 
@@ -141,8 +155,11 @@ unsafe fn for_each_pointer(list: *mut pg_sys::List, mut each: impl FnMut(*mut st
 }
 
 /// ANALYZE (alone or with VACUUM) in a clone runs with
-/// maintenance_io_concurrency = 0, restored afterwards even on error.
-#[pg_guard]
+/// maintenance_io_concurrency = 0. No `#[pg_guard]`: see `hooks`. The
+/// setting is a session-level SET, restored when the statement returns; if
+/// it fails, transaction abort undoes the SET (an ANALYZE of several tables
+/// commits between them, so a failure after the first leaves the session
+/// at 0, which only costs read-ahead).
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -154,67 +171,65 @@ unsafe extern "C-unwind" fn process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
-    let run = || {
-        // SAFETY: the arguments go unchanged to the next hook or the
-        // standard utility processor, as every utility hook must.
-        unsafe {
-            match PREVIOUS_PROCESS_UTILITY {
-                Some(previous) => pg_call!(previous(
-                    pstmt,
-                    query_string,
-                    read_only_tree,
-                    context,
-                    params,
-                    query_env,
-                    dest,
-                    qc
-                )),
-                None => pg_sys::standard_ProcessUtility(
-                    pstmt,
-                    query_string,
-                    read_only_tree,
-                    context,
-                    params,
-                    query_env,
-                    dest,
-                    qc,
-                ),
-            }
-        }
+    let call = hooks::UtilityCall {
+        pstmt,
+        query_string,
+        read_only_tree,
+        context,
+        params,
+        query_env,
+        dest,
+        qc,
     };
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    let previous = unsafe { before_utility(pstmt) };
+    // SAFETY: the arguments go unchanged to the next hook or the standard
+    // function; `previous` is a palloc'd string (plain pointer).
+    unsafe { hooks::pass_on_utility(PREVIOUS_PROCESS_UTILITY, call) };
+    if !previous.is_null() {
+        // SAFETY: the setting's value as it was, palloc'd by before_utility.
+        unsafe { set_read_ahead(previous) };
+    }
+}
+
+const READ_AHEAD: &std::ffi::CStr = c"maintenance_io_concurrency";
+
+/// In a clone, for VACUUM/ANALYZE: turns read-ahead off and returns the
+/// previous value (palloc'd); null otherwise.
+#[pg_guard]
+unsafe extern "C-unwind" fn before_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+) -> *mut std::ffi::c_char {
     // SAFETY: PostgreSQL passes a valid planned utility statement.
     let is_vacuum_or_analyze = unsafe {
         let node = (*pstmt).utilityStmt;
         !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_VacuumStmt
     };
     if !is_vacuum_or_analyze || clone_view::current().is_none() {
-        return run();
+        return std::ptr::null_mut();
     }
-    let name = c"maintenance_io_concurrency";
     // SAFETY: reading a GUC by name returns a string owned by the GUC
-    // machinery, copied before anything can change it.
-    let previous = unsafe {
-        CString::from(std::ffi::CStr::from_ptr(pg_sys::GetConfigOption(
-            name.as_ptr(),
+    // machinery, copied with pstrdup before it can change.
+    unsafe {
+        let previous = pg_sys::pstrdup(pg_sys::GetConfigOption(READ_AHEAD.as_ptr(), false, false));
+        set_read_ahead(c"0".as_ptr().cast_mut());
+        previous
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn set_read_ahead(value: *mut std::ffi::c_char) {
+    // SAFETY: a valid setting name and value, set as a session-level SET.
+    unsafe {
+        pg_sys::set_config_option(
+            READ_AHEAD.as_ptr(),
+            value,
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            0,
             false,
-            false,
-        )))
-    };
-    let set = |value: &std::ffi::CStr| {
-        // SAFETY: a valid setting name and value; as a session-level SET.
-        unsafe {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SET,
-                true,
-                0,
-                false,
-            )
-        };
-    };
-    set(c"0");
-    PgTryBuilder::new(run).finally(|| set(&previous)).execute();
+        );
+    }
 }
