@@ -507,24 +507,34 @@ fn the_pin_holds_back_vacuum_exactly_for_what_the_clone_point_sees() {
     let cluster = start_test_cluster(|_| {}).unwrap();
     cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
     cluster
-        .psql("prod", "CREATE EXTENSION cowclone; CREATE TABLE t (i int) WITH (autovacuum_enabled = off); INSERT INTO t SELECT generate_series(1, 1000);")
+        .psql("prod", "CREATE EXTENSION cowclone; CREATE TABLE t (i int) WITH (autovacuum_enabled = off); INSERT INTO t SELECT generate_series(1, 1000); CREATE TABLE u (i int) WITH (autovacuum_enabled = off); INSERT INTO u SELECT generate_series(1, 1000);")
         .unwrap();
     cluster
-        .psql("prod", "DELETE FROM t WHERE i <= 100")
-        .unwrap(); // dead before the clone point
+        .psql("prod", "DELETE FROM u WHERE i <= 100")
+        .unwrap(); // dead before the clone point (and never read since, so not yet pruned)
     cluster
         .psql("prod", "SELECT cow.clone('prod', 'staging')")
         .unwrap();
     cluster
-        .psql("prod", "DELETE FROM t WHERE i > 100 AND i <= 300")
+        .psql("prod", "DELETE FROM t WHERE i <= 200")
         .unwrap(); // dead after it
 
-    let (_, kept_for_clone) = vacuum_counts(&cluster, "t");
     assert_eq!(
-        kept_for_clone, 200,
-        "rows the clone point sees stay; rows dead before it go"
+        vacuum_counts(&cluster, "u"),
+        (100, 0),
+        "rows dead before the clone point go"
     );
-    assert_eq!(rows(&cluster, "prod", "SELECT count(*) FROM t"), ["700"]);
+    assert_eq!(
+        vacuum_counts(&cluster, "t"),
+        (0, 200),
+        "rows the clone point sees stay"
+    );
+    assert_eq!(rows(&cluster, "prod", "SELECT count(*) FROM t"), ["800"]);
+    assert_eq!(
+        rows(&cluster, "staging", "SELECT count(*) FROM t"),
+        ["1000"]
+    );
+    assert_eq!(rows(&cluster, "staging", "SELECT count(*) FROM u"), ["900"]);
 
     cluster.psql("postgres", "DROP DATABASE staging").unwrap();
     let (removed, still_kept) = vacuum_counts(&cluster, "t");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{rows, sqlstate};
+use common::{footprint, rows, sqlstate};
 use pg_test::{start_test_cluster, Cluster};
 
 fn cluster_with_clone() -> Cluster {
@@ -19,7 +19,8 @@ fn cluster_with_clone() -> Cluster {
              CREATE INDEX t_v ON t (v); \
              CREATE MATERIALIZED VIEW m AS SELECT id FROM t WHERE id < 10; \
              CREATE SCHEMA side; CREATE TABLE side.s (i int); \
-             CREATE TABLE owned (i int); ALTER TABLE owned OWNER TO owner_role;",
+             CREATE TABLE owned (i int); ALTER TABLE owned OWNER TO owner_role; \
+             CREATE ACCESS METHOD heap2 TYPE TABLE HANDLER heap_tableam_handler;",
         )
         .unwrap();
     // A second tablespace, for the SET TABLESPACE forms.
@@ -41,8 +42,11 @@ fn cluster_with_clone() -> Cluster {
 
 /// Every command that would drop or rewrite storage the clone reads; the
 /// drops come last because the second half of the test runs them for real.
-const REFUSED: [&str; 19] = [
+const REFUSED: [&str; 22] = [
     "TRUNCATE t",
+    "ALTER TABLE t SET ACCESS METHOD heap2",
+    "REINDEX TABLE CONCURRENTLY t",
+    "REINDEX DATABASE prod",
     "ALTER TABLE t SET TABLESPACE second",
     "ALTER INDEX t_v SET TABLESPACE second",
     "ALTER MATERIALIZED VIEW m SET TABLESPACE second",
@@ -297,4 +301,43 @@ fn a_clone_cannot_be_a_template_and_a_source_in_use_cannot_either() {
     let (_cloner, outcome) = clone.join().unwrap();
     outcome.unwrap();
     assert_eq!(rows(&cluster, "second", "SELECT count(*) FROM t"), ["1000"]);
+}
+
+#[test]
+fn cloning_a_database_that_is_being_dropped_fails_cleanly() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster
+        .psql("postgres", "CREATE EXTENSION cowclone")
+        .unwrap();
+    cluster.psql("postgres", "CREATE DATABASE doomed").unwrap();
+    cluster
+        .psql(
+            "doomed",
+            "CREATE EXTENSION cowclone; CREATE TABLE t (i int)",
+        )
+        .unwrap();
+    let doomed_oid = rows(
+        &cluster,
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'doomed'",
+    )
+    .remove(0);
+    let mut expected = footprint(&cluster);
+    expected.databases.retain(|d| d != "doomed");
+    expected.database_dirs.remove(&doomed_oid);
+    // DROP DATABASE takes its lock, then waits (up to 5 s) for this session to leave.
+    let lingering = cluster.connect("doomed").unwrap();
+    let mut dropper = cluster.connect("postgres").unwrap();
+    let drop = std::thread::spawn(move || dropper.batch_execute("DROP DATABASE doomed"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut cloner = cluster.connect("postgres").unwrap();
+    let clone =
+        std::thread::spawn(move || cloner.batch_execute("SELECT cow.clone('doomed', 'orphan')"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!clone.is_finished(), "the clone waits for the drop");
+    std::mem::drop(lingering);
+    drop.join().unwrap().unwrap();
+    let error = clone.join().unwrap().unwrap_err();
+    assert_eq!(sqlstate(&error), "3D000", "{error}");
+    assert_eq!(footprint(&cluster), expected, "nothing half-created");
 }

@@ -30,7 +30,12 @@ fn errors_keep_their_context_in_sources_clones_and_other_databases() {
             .batch_execute("DO $$ BEGIN PERFORM 1 / 0; END $$")
             .unwrap_err();
         assert_eq!(sqlstate(&error), "22012", "{db}: {error}");
-        let context = error.as_db_error().unwrap().where_().unwrap_or_default().to_string();
+        let context = error
+            .as_db_error()
+            .unwrap()
+            .where_()
+            .unwrap_or_default()
+            .to_string();
         assert!(
             context.contains("PL/pgSQL function inline_code_block line 1 at PERFORM"),
             "{db}: {context:?}"
@@ -43,8 +48,16 @@ fn errors_keep_their_context_in_sources_clones_and_other_databases() {
         writer.write_all(b"1\nnot a number\n").unwrap();
         let error = writer.finish().unwrap_err();
         assert_eq!(sqlstate(&error), "22P02", "{db}: {error}");
-        let context = error.as_db_error().unwrap().where_().unwrap_or_default().to_string();
-        assert!(context.contains("COPY numbers, line 2"), "{db}: {context:?}");
+        let context = error
+            .as_db_error()
+            .unwrap()
+            .where_()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            context.contains("COPY numbers, line 2"),
+            "{db}: {context:?}"
+        );
         // A query through a SQL function (executor hooks).
         client
             .batch_execute(
@@ -52,7 +65,12 @@ fn errors_keep_their_context_in_sources_clones_and_other_databases() {
             )
             .unwrap();
         let error = client.batch_execute("SELECT boom()").unwrap_err();
-        let context = error.as_db_error().unwrap().where_().unwrap_or_default().to_string();
+        let context = error
+            .as_db_error()
+            .unwrap()
+            .where_()
+            .unwrap_or_default()
+            .to_string();
         assert!(
             context.contains("PL/pgSQL function boom() line 1 at RETURN"),
             "{db}: {context:?}"
