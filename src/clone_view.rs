@@ -55,6 +55,26 @@ pub fn current() -> Option<&'static CloneView> {
     .as_ref()
 }
 
+/// This backend's view if this database is a clone. A database without a
+/// record is not a clone (a `cow` relation there, restored from a clone's
+/// dump say, is a plain heap) unless a pin is still named after it: then it
+/// is a clone whose state file is gone, and its rows cannot be found.
+pub fn for_relation(relation: &str) -> Option<&'static CloneView> {
+    static LOST: OnceLock<bool> = OnceLock::new();
+    if let Some(view) = current() {
+        return Some(view);
+    }
+    // SAFETY: MyDatabaseId is set once the backend has connected.
+    let lost = *LOST.get_or_init(|| {
+        crate::snapshot::pin_age(unsafe { pg_sys::MyDatabaseId }).1
+            != crate::snapshot::PinState::Missing
+    });
+    if lost {
+        required(relation);
+    }
+    None
+}
+
 /// The view, raising an error naming `relation` if this database has no
 /// clone record (its state file is gone): its rows cannot be found.
 pub fn required(relation: &str) -> &'static CloneView {

@@ -30,6 +30,7 @@ unsafe extern "C-unwind" {
 }
 
 /// The arguments of one ProcessUtility call.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct UtilityCall {
     pub pstmt: *mut pg_sys::PlannedStmt,

@@ -47,58 +47,119 @@ fn refuse(what: &str, index: pg_sys::Relation) -> ! {
     .raise()
 }
 
+/// Whether an index still has a source part. One without (on a table
+/// created in a clone, or restored from a clone's dump elsewhere) is simply
+/// an index of the wrapped AM, and every callback hands it over.
+///
+/// # Safety
+/// `index` must be a valid relation.
+unsafe fn is_shadowed(index: pg_sys::Relation) -> bool {
+    // SAFETY: guaranteed by the caller.
+    clone_view::current()
+        .and_then(|view| view.source_locator(unsafe { compat::relfilenode_of(index) }))
+        .is_some()
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn ambuild(
-    _heap: pg_sys::Relation,
+    heap: pg_sys::Relation,
     index: pg_sys::Relation,
-    _info: *mut pg_sys::IndexInfo,
+    info: *mut pg_sys::IndexInfo,
 ) -> *mut pg_sys::IndexBuildResult {
-    refuse("build", index)
+    // SAFETY: PostgreSQL passes valid relations, handed on unchanged.
+    unsafe {
+        if is_shadowed(index) {
+            refuse("build", index)
+        }
+        let build = wrapped_routine(index).ambuild.expect("every AM builds");
+        pg_call!(build(heap, index, info))
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
-    refuse("build", index)
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(index) {
+            refuse("build", index)
+        }
+        let build = wrapped_routine(index)
+            .ambuildempty
+            .expect("every AM builds");
+        pg_call!(build(index))
+    }
 }
 
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn aminsert(
     index: pg_sys::Relation,
-    _values: *mut pg_sys::Datum,
-    _isnull: *mut bool,
-    _heap_tid: pg_sys::ItemPointer,
-    _heap: pg_sys::Relation,
-    _check_unique: pg_sys::IndexUniqueCheck::Type,
-    _index_unchanged: bool,
-    _info: *mut pg_sys::IndexInfo,
+    values: *mut pg_sys::Datum,
+    isnull: *mut bool,
+    heap_tid: pg_sys::ItemPointer,
+    heap: pg_sys::Relation,
+    check_unique: pg_sys::IndexUniqueCheck::Type,
+    index_unchanged: bool,
+    info: *mut pg_sys::IndexInfo,
 ) -> bool {
-    refuse("insert into", index)
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(index) {
+            refuse("insert into", index)
+        }
+        let insert = wrapped_routine(index).aminsert.expect("every AM inserts");
+        pg_call!(insert(
+            index,
+            values,
+            isnull,
+            heap_tid,
+            heap,
+            check_unique,
+            index_unchanged,
+            info
+        ))
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn ambulkdelete(
     info: *mut pg_sys::IndexVacuumInfo,
-    _stats: *mut pg_sys::IndexBulkDeleteResult,
-    _callback: pg_sys::IndexBulkDeleteCallback,
-    _state: *mut std::ffi::c_void,
+    stats: *mut pg_sys::IndexBulkDeleteResult,
+    callback: pg_sys::IndexBulkDeleteCallback,
+    state: *mut std::ffi::c_void,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
     // SAFETY: PostgreSQL passes valid vacuum info naming the index.
-    refuse("vacuum", unsafe { (*info).index })
+    unsafe {
+        let index = (*info).index;
+        if is_shadowed(index) {
+            refuse("vacuum", index)
+        }
+        let delete = wrapped_routine(index)
+            .ambulkdelete
+            .expect("every AM vacuums");
+        pg_call!(delete(info, stats, callback, state))
+    }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn amvacuumcleanup(
     info: *mut pg_sys::IndexVacuumInfo,
-    _stats: *mut pg_sys::IndexBulkDeleteResult,
+    stats: *mut pg_sys::IndexBulkDeleteResult,
 ) -> *mut pg_sys::IndexBulkDeleteResult {
-    // ANALYZE asks every index for cleanup with nothing deleted: nothing to do.
     // SAFETY: as above.
     unsafe {
+        let index = (*info).index;
+        if !is_shadowed(index) {
+            let cleanup = wrapped_routine(index)
+                .amvacuumcleanup
+                .expect("every AM vacuums");
+            return pg_call!(cleanup(info, stats));
+        }
+        // ANALYZE asks every index for cleanup with nothing deleted: nothing to do.
         if (*info).analyze_only {
             return std::ptr::null_mut();
         }
-        refuse("vacuum", (*info).index)
+        refuse("vacuum", index)
     }
 }
 
@@ -252,10 +313,13 @@ impl SourceIndex {
     }
 }
 
-/// The state of a scan of a shadowed index, in the outer scan's `opaque`.
+/// The state of a wrapper index scan, in the outer scan's `opaque`: the
+/// wrapped AM's scan of the source's index (TIDs moved to the source TID
+/// space) or, for an index without a source part, of the index itself.
 struct CowIndexScan {
     source: Option<SourceIndex>,
     inner: pg_sys::IndexScanDesc,
+    routine: &'static pg_sys::IndexAmRoutine,
 }
 
 /// # Safety
@@ -272,25 +336,27 @@ unsafe extern "C-unwind" fn ambeginscan(
     norderbys: std::ffi::c_int,
 ) -> pg_sys::IndexScanDesc {
     // SAFETY: PostgreSQL passes a valid, open index. The inner scan's fields
-    // that index_beginscan_internal would set are set here, as the inner
-    // scan is begun by hand.
+    // that index_beginscan_internal would set are set here and in amrescan,
+    // as the inner scan is begun by hand.
     unsafe {
         let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
+        let routine = wrapped_routine(index);
         let source = SourceIndex::open(index);
-        let inner = match &source {
-            Some(source) => {
-                let begin = source.routine().ambeginscan.expect("every AM begins scans");
-                let inner = pg_call!(begin(source.rel, nkeys, norderbys));
-                (*inner).parallel_scan = std::ptr::null_mut();
-                (*inner).xs_heapfetch = std::ptr::null_mut();
-                (*inner).xs_snapshot = &raw mut pg_sys::SnapshotAnyData;
-                (*inner).xs_temp_snap = false;
-                inner
-            }
-            None => std::ptr::null_mut(),
-        };
+        let scanned = source.as_ref().map_or(index, |source| source.rel);
+        let begin = routine.ambeginscan.expect("every AM begins scans");
+        let inner = pg_call!(begin(scanned, nkeys, norderbys));
+        (*inner).parallel_scan = std::ptr::null_mut();
+        (*inner).xs_heapfetch = std::ptr::null_mut();
+        (*inner).xs_temp_snap = false;
         let state = pg_sys::palloc0(std::mem::size_of::<CowIndexScan>()) as *mut CowIndexScan;
-        std::ptr::write(state, CowIndexScan { source, inner });
+        std::ptr::write(
+            state,
+            CowIndexScan {
+                source,
+                inner,
+                routine,
+            },
+        );
         (*scan).opaque = state.cast();
         scan
     }
@@ -307,14 +373,18 @@ unsafe extern "C-unwind" fn amrescan(
     // SAFETY: a scan begun by ambeginscan; keys are the executor's.
     unsafe {
         let state = state(scan);
-        let (Some(source), inner) = (&state.source, state.inner) else {
-            return;
-        };
+        let inner = state.inner;
         (*inner).heapRelation = (*scan).heapRelation;
         (*inner).xs_want_itup = (*scan).xs_want_itup;
-        (*inner).ignore_killed_tuples = true;
         (*inner).kill_prior_tuple = false;
-        let rescan = source.routine().amrescan.expect("every AM rescans");
+        if state.source.is_some() {
+            (*inner).xs_snapshot = &raw mut pg_sys::SnapshotAnyData;
+            (*inner).ignore_killed_tuples = true;
+        } else {
+            (*inner).xs_snapshot = (*scan).xs_snapshot;
+            (*inner).ignore_killed_tuples = (*scan).ignore_killed_tuples;
+        }
+        let rescan = state.routine.amrescan.expect("every AM rescans");
         pg_call!(rescan(inner, keys, nkeys, orderbys, norderbys));
     }
 }
@@ -328,19 +398,23 @@ unsafe extern "C-unwind" fn amgettuple(
     // results stay valid until its next call, as the outer's must.
     unsafe {
         let state = state(scan);
-        let (Some(source), inner) = (&state.source, state.inner) else {
-            return false;
-        };
-        (*inner).kill_prior_tuple = false;
-        let get = source
-            .routine()
+        let inner = state.inner;
+        // Killed-item hints are the clone's idea of deadness: never for the
+        // source's index, as heapam gives them for the index itself.
+        (*inner).kill_prior_tuple = state.source.is_none() && (*scan).kill_prior_tuple;
+        let get = state
+            .routine
             .amgettuple
             .expect("amgettuple is only called when the AM has it");
         if !pg_call!(get(inner, direction)) {
             return false;
         }
         let tid = (*inner).xs_heaptid;
-        (*scan).xs_heaptid = clone_view::source_tid(clone_view::block_of(&tid), tid.ip_posid);
+        (*scan).xs_heaptid = if state.source.is_some() {
+            clone_view::source_tid(clone_view::block_of(&tid), tid.ip_posid)
+        } else {
+            tid
+        };
         (*scan).xs_recheck = (*inner).xs_recheck;
         (*scan).xs_itup = (*inner).xs_itup;
         (*scan).xs_itupdesc = (*inner).xs_itupdesc;
@@ -353,8 +427,9 @@ unsafe extern "C-unwind" fn amgettuple(
     }
 }
 
-/// The inner scan fills a private bitmap with source TIDs; they are moved
-/// into the source TID space page by page (lossy pages stay lossy).
+/// For the source's index, the inner scan fills a private bitmap with
+/// source TIDs; they are moved into the source TID space page by page
+/// (lossy pages stay lossy).
 #[pg_guard]
 unsafe extern "C-unwind" fn amgetbitmap(
     scan: pg_sys::IndexScanDesc,
@@ -364,13 +439,14 @@ unsafe extern "C-unwind" fn amgetbitmap(
     // and its iterator are freed before returning.
     unsafe {
         let state = state(scan);
-        let (Some(source), inner) = (&state.source, state.inner) else {
-            return 0;
-        };
-        let get = source
-            .routine()
+        let inner = state.inner;
+        let get = state
+            .routine
             .amgetbitmap
             .expect("amgetbitmap is only called when the AM has it");
+        if state.source.is_none() {
+            return pg_call!(get(inner, tbm));
+        }
         let own = pg_sys::tbm_create(
             pg_sys::work_mem as std::ffi::c_long * 1024,
             std::ptr::null_mut(),
@@ -410,9 +486,9 @@ unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
     // descriptor copy it reads is freed.
     unsafe {
         let state = state(scan);
+        let end = state.routine.amendscan.expect("every AM ends scans");
+        pg_call!(end(state.inner));
         if let Some(source) = state.source.take() {
-            let end = source.routine().amendscan.expect("every AM ends scans");
-            pg_call!(end(state.inner));
             source.close();
         }
         pg_sys::pfree((*scan).opaque);
@@ -425,10 +501,8 @@ unsafe extern "C-unwind" fn ammarkpos(scan: pg_sys::IndexScanDesc) {
     // SAFETY: a scan begun by ambeginscan; only called when the wrapped AM marks.
     unsafe {
         let state = state(scan);
-        if let (Some(source), inner) = (&state.source, state.inner) {
-            let mark = source.routine().ammarkpos.expect("marking AM");
-            pg_call!(mark(inner));
-        }
+        let mark = state.routine.ammarkpos.expect("marking AM");
+        pg_call!(mark(state.inner));
     }
 }
 
@@ -437,10 +511,8 @@ unsafe extern "C-unwind" fn amrestrpos(scan: pg_sys::IndexScanDesc) {
     // SAFETY: as in ammarkpos.
     unsafe {
         let state = state(scan);
-        if let (Some(source), inner) = (&state.source, state.inner) {
-            let restore = source.routine().amrestrpos.expect("marking AM");
-            pg_call!(restore(inner));
-        }
+        let restore = state.routine.amrestrpos.expect("marking AM");
+        pg_call!(restore(state.inner));
     }
 }
 
@@ -450,7 +522,10 @@ unsafe extern "C-unwind" fn amcanreturn(index: pg_sys::Relation, attno: std::ffi
     // SAFETY: PostgreSQL passes a valid, open index.
     unsafe {
         let Some(source) = SourceIndex::open(index) else {
-            return false;
+            return match wrapped_routine(index).amcanreturn {
+                Some(can_return) => pg_call!(can_return(index, attno)),
+                None => false,
+            };
         };
         let answer = match source.routine().amcanreturn {
             Some(can_return) => pg_call!(can_return(source.rel, attno)),
@@ -461,9 +536,9 @@ unsafe extern "C-unwind" fn amcanreturn(index: pg_sys::Relation, attno: std::ffi
     }
 }
 
-/// The wrapped AM's estimate, told the source index's real size, and marked
-/// hypothetical so that GIN and BRIN do not read statistics from the empty
-/// local file (they estimate from the size instead).
+/// The wrapped AM's estimate. For a shadowed index it is told the source
+/// index's real size and marked hypothetical, so that GIN and BRIN do not
+/// read statistics from the empty local file (they estimate from the size).
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn amcostestimate(
@@ -482,14 +557,14 @@ unsafe extern "C-unwind" fn amcostestimate(
         let info = (*path).indexinfo;
         let index = pg_sys::RelationIdGetRelation((*info).indexoid);
         let routine = wrapped_routine(index);
-        if let Some(locator) = clone_view::current()
-            .and_then(|view| view.source_locator(compat::relfilenode_of(index)))
-        {
+        let source = clone_view::current()
+            .and_then(|view| view.source_locator(compat::relfilenode_of(index)));
+        if let Some(locator) = source {
             (*info).pages = clone_view::source_block_count(locator);
         }
         pg_sys::RelationClose(index);
         let hypothetical = (*info).hypothetical;
-        (*info).hypothetical = true;
+        (*info).hypothetical = hypothetical || source.is_some();
         let estimate = routine.amcostestimate.expect("every AM estimates");
         pg_call!(estimate(
             root,

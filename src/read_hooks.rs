@@ -15,7 +15,7 @@ use pgrx::prelude::*;
 
 use crate::clone_view;
 use crate::hooks;
-use crate::tableam::is_cow_relation;
+use crate::tableam::{is_cow_relation, is_shadowed};
 
 static mut PREVIOUS_PATHLIST: pg_sys::set_rel_pathlist_hook_type = None;
 static mut PREVIOUS_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
@@ -71,7 +71,7 @@ unsafe extern "C-unwind" fn drop_partial_paths(
         if relation.is_null() {
             return;
         }
-        if is_cow_relation(relation) {
+        if is_cow_relation(relation) && is_shadowed(relation) {
             (*rel).partial_pathlist = std::ptr::null_mut();
         }
         pg_sys::RelationClose(relation);
@@ -109,7 +109,7 @@ unsafe fn no_bitmap_prefetch(node: *mut pg_sys::PlanState) {
             pg_sys::NodeTag::T_BitmapHeapScanState => {
                 let scan = node as *mut pg_sys::BitmapHeapScanState;
                 let relation = (*scan).ss.ss_currentRelation;
-                if !relation.is_null() && is_cow_relation(relation) {
+                if !relation.is_null() && is_cow_relation(relation) && is_shadowed(relation) {
                     (*scan).prefetch_maximum = 0;
                 }
             }
@@ -182,6 +182,8 @@ unsafe extern "C-unwind" fn process_utility(
         qc,
     };
     // SAFETY: PostgreSQL passes a valid planned utility statement.
+    let call = unsafe { with_wrapped_index_access_method(call) };
+    // SAFETY: as above.
     let previous = unsafe { before_utility(pstmt) };
     // SAFETY: the arguments go unchanged to the next hook or the standard
     // function; `previous` is a palloc'd string (plain pointer).
@@ -193,6 +195,45 @@ unsafe extern "C-unwind" fn process_utility(
 }
 
 const READ_AHEAD: &std::ffi::CStr = c"maintenance_io_concurrency";
+
+/// `CREATE INDEX ... USING cow_btree` (what `pg_dump` writes for a clone's
+/// indexes) creates a plain btree index, and so on for each wrapper: the
+/// wrappers only mean something on storage a clone shadows, which only
+/// `cow.clone` sets up, and they have no operator classes of their own.
+#[pg_guard]
+unsafe extern "C-unwind" fn with_wrapped_index_access_method(
+    call: hooks::UtilityCall,
+) -> hooks::UtilityCall {
+    let mut call = call;
+    // SAFETY: a valid planned utility statement; it is copied before being
+    // changed when the caller's tree is read-only.
+    unsafe {
+        let node = (*call.pstmt).utilityStmt;
+        if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_IndexStmt {
+            return call;
+        }
+        let method = (*(node as *mut pg_sys::IndexStmt)).accessMethod;
+        if method.is_null() {
+            return call;
+        }
+        let Some(wrapped) = std::ffi::CStr::from_ptr(method)
+            .to_str()
+            .ok()
+            .and_then(|name| crate::indexam::WRAPPED.iter().find(|(w, _, _)| *w == name))
+            .map(|(_, _, wrapped)| *wrapped)
+        else {
+            return call;
+        };
+        if call.read_only_tree {
+            call.pstmt = pg_sys::copyObjectImpl(call.pstmt.cast()) as *mut pg_sys::PlannedStmt;
+            call.read_only_tree = false;
+        }
+        let stmt = (*call.pstmt).utilityStmt as *mut pg_sys::IndexStmt;
+        let name = std::ffi::CString::new(wrapped).expect("no NUL");
+        (*stmt).accessMethod = pg_sys::pstrdup(name.as_ptr());
+        call
+    }
+}
 
 /// In a clone, for VACUUM/ANALYZE: turns read-ahead off and returns the
 /// previous value (palloc'd); null otherwise.

@@ -53,7 +53,7 @@ fn heap() -> &'static pg_sys::TableAmRoutine {
 unsafe fn source_of(rel: pg_sys::Relation) -> Option<PageSource> {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let view = clone_view::required(&relation_name(rel));
+        let view = clone_view::for_relation(&relation_name(rel))?;
         let permanent = (*(*rel).rd_rel).relpersistence == pg_sys::RELPERSISTENCE_PERMANENT as i8;
         view.source_locator(crate::compat::relfilenode_of(rel))
             .map(|locator| {
@@ -83,6 +83,18 @@ unsafe fn local_blocks(rel: pg_sys::Relation) -> u32 {
 }
 
 const NO_BLOCK: u32 = u32::MAX;
+
+/// Marks a scan as one of ours in `rs_flags`, in a bit PostgreSQL's scan
+/// options never use. Scans of a `cow` relation without a source part are
+/// heapam's own, and every scan callback hands those back to heapam.
+const COW_SCAN: u32 = 1 << 30;
+
+/// # Safety
+/// `scan` must be a scan begun by `scan_begin`.
+unsafe fn is_cow_scan(scan: pg_sys::TableScanDesc) -> bool {
+    // SAFETY: guaranteed by the caller; both kinds start with TableScanDescData.
+    unsafe { (*scan).rs_flags & COW_SCAN != 0 }
+}
 
 /// A scan of a shadowed table. `base` comes first so PostgreSQL can treat a
 /// pointer to it as its own TableScanDesc.
@@ -281,6 +293,12 @@ unsafe extern "C-unwind" fn scan_begin(
     pscan: pg_sys::ParallelTableScanDesc,
     flags: u32,
 ) -> pg_sys::TableScanDesc {
+    // SAFETY: PostgreSQL passes a valid, open relation.
+    let source = unsafe { source_of(rel) };
+    if source.is_none() {
+        let begin = heap().scan_begin.expect("heapam scans");
+        return pg_call!(begin(rel, snapshot, nkeys, key, pscan, flags));
+    }
     if !pscan.is_null() {
         // The planner hook keeps partial paths away from shadowed tables.
         CowError::new(
@@ -293,7 +311,6 @@ unsafe extern "C-unwind" fn scan_begin(
     // (we hold a reference) until scan_end; the scan is palloc'd zeroed, a
     // valid initial value for every field, then filled in.
     unsafe {
-        let source = source_of(rel);
         pg_sys::RelationIncrementReferenceCount(rel);
         let scan = pg_sys::palloc0(std::mem::size_of::<CowScan>()) as *mut CowScan;
         let s = &mut *scan;
@@ -301,7 +318,7 @@ unsafe extern "C-unwind" fn scan_begin(
         s.base.rs_snapshot = snapshot;
         s.base.rs_nkeys = nkeys;
         s.base.rs_key = key;
-        s.base.rs_flags = flags;
+        s.base.rs_flags = flags | COW_SCAN;
         s.base.rs_parallel = pscan;
         std::ptr::write(&mut s.source, source);
         std::ptr::write(&mut s.tid_range, None);
@@ -324,6 +341,11 @@ unsafe extern "C-unwind" fn scan_begin(
 
 #[pg_guard]
 unsafe extern "C-unwind" fn scan_end(sscan: pg_sys::TableScanDesc) {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_end.expect("heapam scans");
+        return pg_call!(delegate(sscan));
+    }
     // SAFETY: PostgreSQL ends only scans it began with scan_begin.
     unsafe {
         let scan = cow_scan(sscan);
@@ -348,6 +370,18 @@ unsafe extern "C-unwind" fn scan_rescan(
     allow_sync: bool,
     allow_pagemode: bool,
 ) {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_rescan.expect("heapam scans");
+        return pg_call!(delegate(
+            sscan,
+            key,
+            set_params,
+            allow_strat,
+            allow_sync,
+            allow_pagemode
+        ));
+    }
     // SAFETY: a scan begun by scan_begin.
     let scan = unsafe { cow_scan(sscan) };
     if set_params {
@@ -374,6 +408,11 @@ unsafe extern "C-unwind" fn scan_getnextslot(
     direction: pg_sys::ScanDirection::Type,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_getnextslot.expect("heapam scans");
+        return pg_call!(delegate(sscan, direction, slot));
+    }
     // SAFETY: a scan begun by scan_begin, and the caller's slot.
     let scan = unsafe { cow_scan(sscan) };
     if direction == pg_sys::ScanDirection::NoMovementScanDirection {
@@ -402,6 +441,11 @@ unsafe extern "C-unwind" fn scan_set_tidrange(
     mintid: pg_sys::ItemPointer,
     maxtid: pg_sys::ItemPointer,
 ) {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_set_tidrange.expect("heapam scans");
+        return pg_call!(delegate(sscan, mintid, maxtid));
+    }
     // SAFETY: a scan begun by scan_begin; the executor passes valid TIDs.
     unsafe {
         let scan = cow_scan(sscan);
@@ -418,6 +462,11 @@ unsafe extern "C-unwind" fn scan_getnextslot_tidrange(
     direction: pg_sys::ScanDirection::Type,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_getnextslot_tidrange.expect("heapam scans");
+        return pg_call!(delegate(sscan, direction, slot));
+    }
     // SAFETY: a scan begun by scan_begin, and the caller's slot.
     unsafe {
         let scan = cow_scan(sscan);
@@ -440,6 +489,11 @@ unsafe extern "C-unwind" fn scan_bitmap_next_block(
     sscan: pg_sys::TableScanDesc,
     tbmres: *mut pg_sys::TBMIterateResult,
 ) -> bool {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_bitmap_next_block.expect("heapam scans");
+        return pg_call!(delegate(sscan, tbmres));
+    }
     // SAFETY: a scan begun by scan_begin; the executor passes a valid result
     // whose offsets array holds ntuples entries when ntuples >= 0.
     unsafe {
@@ -492,9 +546,14 @@ unsafe extern "C-unwind" fn scan_bitmap_next_block(
 #[pg_guard]
 unsafe extern "C-unwind" fn scan_bitmap_next_tuple(
     sscan: pg_sys::TableScanDesc,
-    _tbmres: *mut pg_sys::TBMIterateResult,
+    tbmres: *mut pg_sys::TBMIterateResult,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_bitmap_next_tuple.expect("heapam scans");
+        return pg_call!(delegate(sscan, tbmres, slot));
+    }
     // SAFETY: a scan begun by scan_begin whose page scan_bitmap_next_block pinned.
     unsafe {
         let scan = cow_scan(sscan);
@@ -512,6 +571,11 @@ unsafe extern "C-unwind" fn scan_sample_next_block(
     sscan: pg_sys::TableScanDesc,
     scanstate: *mut pg_sys::SampleScanState,
 ) -> bool {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_sample_next_block.expect("heapam scans");
+        return pg_call!(delegate(sscan, scanstate));
+    }
     // SAFETY: a scan begun by scan_begin; the executor passes its sample
     // state, whose tsmroutine is the sampling method's.
     unsafe {
@@ -542,6 +606,11 @@ unsafe extern "C-unwind" fn scan_sample_next_tuple(
     scanstate: *mut pg_sys::SampleScanState,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_sample_next_tuple.expect("heapam scans");
+        return pg_call!(delegate(sscan, scanstate, slot));
+    }
     // SAFETY: as in scan_sample_next_block, whose page is pinned.
     unsafe {
         let scan = cow_scan(sscan);
@@ -570,6 +639,11 @@ unsafe extern "C-unwind" fn scan_analyze_next_block(
     blockno: pg_sys::BlockNumber,
     bstrategy: pg_sys::BufferAccessStrategy,
 ) -> bool {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_analyze_next_block.expect("heapam scans");
+        return pg_call!(delegate(sscan, blockno, bstrategy));
+    }
     // SAFETY: a scan begun by scan_begin; ANALYZE asks only for blocks below
     // the relation size this AM reported.
     let scan = unsafe { cow_scan(sscan) };
@@ -596,6 +670,11 @@ unsafe extern "C-unwind" fn scan_analyze_next_tuple(
     deadrows: *mut f64,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().scan_analyze_next_tuple.expect("heapam scans");
+        return pg_call!(delegate(sscan, oldest_xmin, liverows, deadrows, slot));
+    }
     // SAFETY: a scan whose page scan_analyze_next_block pinned; the counters
     // are ANALYZE's own.
     unsafe {
@@ -720,6 +799,11 @@ unsafe extern "C-unwind" fn tuple_tid_valid(
     sscan: pg_sys::TableScanDesc,
     tid: pg_sys::ItemPointer,
 ) -> bool {
+    // SAFETY: heapam's scans of relations without a source part go back to heapam.
+    if !unsafe { is_cow_scan(sscan) } {
+        let delegate = heap().tuple_tid_valid.expect("heapam scans");
+        return pg_call!(delegate(sscan, tid));
+    }
     // SAFETY: a scan begun by scan_begin; the executor passes a valid TID.
     unsafe {
         let scan = cow_scan(sscan);
@@ -938,180 +1022,423 @@ unsafe extern "C-unwind" fn index_fetch_tuple(
     }
 }
 
+/// Whether a relation still has a source part. A `cow` relation without one
+/// (created in a clone, or restored from a clone's dump elsewhere) is a
+/// plain heap, and every callback hands it to heapam.
+///
+/// # Safety
+/// `rel` must be a valid relation.
+pub unsafe fn is_shadowed(rel: pg_sys::Relation) -> bool {
+    // SAFETY: guaranteed by the caller.
+    clone_view::current()
+        .and_then(|view| view.source_locator(unsafe { crate::compat::relfilenode_of(rel) }))
+        .is_some()
+}
+
+/// A copy of a relation's descriptor whose table AM is heapam's, for heapam
+/// code that insists on it (its own scans check `rd_tableam`). It lives in
+/// its own memory context; the storage handle it may take over is released
+/// when the context goes, on error paths too, so nothing ever points into
+/// freed memory.
+struct HeapView {
+    rel: pg_sys::Relation,
+    context: pg_sys::MemoryContext,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn release_view_smgr(copy: *mut std::ffi::c_void) {
+    // SAFETY: registered with a copy living in the context being reset.
+    unsafe {
+        let copy = copy as pg_sys::Relation;
+        let owner: *mut pg_sys::SMgrRelation = &mut (*copy).rd_smgr;
+        if !(*owner).is_null() {
+            pg_sys::smgrclearowner(owner, *owner);
+        }
+    }
+}
+
+impl HeapView {
+    /// # Safety
+    /// `rel` must be a valid, open relation with heap storage.
+    unsafe fn of(rel: pg_sys::Relation) -> Self {
+        // SAFETY: guaranteed by the caller; the copy borrows the relcache
+        // entry's descriptor, valid while the relation is open.
+        unsafe {
+            let context = pg_sys::AllocSetContextCreateInternal(
+                pg_sys::CurrentMemoryContext,
+                c"cowclone heap view".as_ptr(),
+                0,
+                1024,
+                8 * 1024,
+            );
+            let copy = pg_sys::MemoryContextAllocZero(
+                context,
+                std::mem::size_of::<pg_sys::RelationData>(),
+            ) as pg_sys::Relation;
+            std::ptr::copy_nonoverlapping(rel, copy, 1);
+            (*copy).rd_tableam = heap();
+            (*copy).rd_smgr = std::ptr::null_mut();
+            (*copy).pgstat_info = std::ptr::null_mut();
+            (*copy).pgstat_enabled = false;
+            let callback = pg_sys::MemoryContextAllocZero(
+                context,
+                std::mem::size_of::<pg_sys::MemoryContextCallback>(),
+            ) as *mut pg_sys::MemoryContextCallback;
+            (*callback).func = Some(release_view_smgr);
+            (*callback).arg = copy.cast();
+            pg_sys::MemoryContextRegisterResetCallback(context, callback);
+            Self { rel: copy, context }
+        }
+    }
+
+    fn close(self) {
+        // SAFETY: nothing refers to the copy once heapam's call returned.
+        unsafe { pg_sys::MemoryContextDelete(self.context) };
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn index_delete_tuples(
     rel: pg_sys::Relation,
-    _delstate: *mut pg_sys::TM_IndexDeleteOp,
+    delstate: *mut pg_sys::TM_IndexDeleteOp,
 ) -> pg_sys::TransactionId {
-    refuse("clean index entries of", rel)
+    // SAFETY: PostgreSQL passes a valid relation and deletion state.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("clean index entries of", rel)
+        }
+        let delete = heap().index_delete_tuples.expect("heapam deletes");
+        pg_call!(delete(rel, delstate))
+    }
 }
 
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn tuple_update(
     rel: pg_sys::Relation,
-    _otid: pg_sys::ItemPointer,
-    _slot: *mut pg_sys::TupleTableSlot,
-    _cid: pg_sys::CommandId,
-    _snapshot: pg_sys::Snapshot,
-    _crosscheck: pg_sys::Snapshot,
-    _wait: bool,
-    _tmfd: *mut pg_sys::TM_FailureData,
-    _lockmode: *mut pg_sys::LockTupleMode::Type,
-    _update_indexes: *mut bool,
+    otid: pg_sys::ItemPointer,
+    slot: *mut pg_sys::TupleTableSlot,
+    cid: pg_sys::CommandId,
+    snapshot: pg_sys::Snapshot,
+    crosscheck: pg_sys::Snapshot,
+    wait: bool,
+    tmfd: *mut pg_sys::TM_FailureData,
+    lockmode: *mut pg_sys::LockTupleMode::Type,
+    update_indexes: *mut bool,
 ) -> pg_sys::TM_Result::Type {
-    refuse("update", rel)
+    // SAFETY: PostgreSQL passes valid arguments, handed on unchanged.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("update", rel)
+        }
+        let update = heap().tuple_update.expect("heapam updates");
+        pg_call!(update(
+            rel,
+            otid,
+            slot,
+            cid,
+            snapshot,
+            crosscheck,
+            wait,
+            tmfd,
+            lockmode,
+            update_indexes
+        ))
+    }
 }
 
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn tuple_delete(
     rel: pg_sys::Relation,
-    _tid: pg_sys::ItemPointer,
-    _cid: pg_sys::CommandId,
-    _snapshot: pg_sys::Snapshot,
-    _crosscheck: pg_sys::Snapshot,
-    _wait: bool,
-    _tmfd: *mut pg_sys::TM_FailureData,
-    _changing_part: bool,
+    tid: pg_sys::ItemPointer,
+    cid: pg_sys::CommandId,
+    snapshot: pg_sys::Snapshot,
+    crosscheck: pg_sys::Snapshot,
+    wait: bool,
+    tmfd: *mut pg_sys::TM_FailureData,
+    changing_part: bool,
 ) -> pg_sys::TM_Result::Type {
-    refuse("delete from", rel)
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("delete from", rel)
+        }
+        let delete = heap().tuple_delete.expect("heapam deletes");
+        pg_call!(delete(
+            rel,
+            tid,
+            cid,
+            snapshot,
+            crosscheck,
+            wait,
+            tmfd,
+            changing_part
+        ))
+    }
 }
 
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn tuple_lock(
     rel: pg_sys::Relation,
-    _tid: pg_sys::ItemPointer,
-    _snapshot: pg_sys::Snapshot,
-    _slot: *mut pg_sys::TupleTableSlot,
-    _cid: pg_sys::CommandId,
-    _mode: pg_sys::LockTupleMode::Type,
-    _wait_policy: pg_sys::LockWaitPolicy::Type,
-    _flags: u8,
-    _tmfd: *mut pg_sys::TM_FailureData,
+    tid: pg_sys::ItemPointer,
+    snapshot: pg_sys::Snapshot,
+    slot: *mut pg_sys::TupleTableSlot,
+    cid: pg_sys::CommandId,
+    mode: pg_sys::LockTupleMode::Type,
+    wait_policy: pg_sys::LockWaitPolicy::Type,
+    flags: u8,
+    tmfd: *mut pg_sys::TM_FailureData,
 ) -> pg_sys::TM_Result::Type {
-    refuse("lock rows of", rel)
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("lock rows of", rel)
+        }
+        let lock = heap().tuple_lock.expect("heapam locks");
+        pg_call!(lock(
+            rel,
+            tid,
+            snapshot,
+            slot,
+            cid,
+            mode,
+            wait_policy,
+            flags,
+            tmfd
+        ))
+    }
 }
 
+/// Index builds scan with heapam's own scan code, on a heap view.
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn index_build_range_scan(
     table: pg_sys::Relation,
-    _index: pg_sys::Relation,
-    _info: *mut pg_sys::IndexInfo,
-    _allow_sync: bool,
-    _anyvisible: bool,
-    _progress: bool,
-    _start: pg_sys::BlockNumber,
-    _numblocks: pg_sys::BlockNumber,
-    _callback: pg_sys::IndexBuildCallback,
-    _state: *mut std::ffi::c_void,
-    _scan: pg_sys::TableScanDesc,
+    index: pg_sys::Relation,
+    info: *mut pg_sys::IndexInfo,
+    allow_sync: bool,
+    anyvisible: bool,
+    progress: bool,
+    start: pg_sys::BlockNumber,
+    numblocks: pg_sys::BlockNumber,
+    callback: pg_sys::IndexBuildCallback,
+    state: *mut std::ffi::c_void,
+    scan: pg_sys::TableScanDesc,
 ) -> f64 {
-    refuse("index", table)
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn tuple_insert(
-    rel: pg_sys::Relation,
-    _slot: *mut pg_sys::TupleTableSlot,
-    _cid: pg_sys::CommandId,
-    _options: std::ffi::c_int,
-    _bistate: *mut pg_sys::BulkInsertStateData,
-) {
-    refuse("insert into", rel)
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn tuple_insert_speculative(
-    rel: pg_sys::Relation,
-    _slot: *mut pg_sys::TupleTableSlot,
-    _cid: pg_sys::CommandId,
-    _options: std::ffi::c_int,
-    _bistate: *mut pg_sys::BulkInsertStateData,
-    _spec_token: u32,
-) {
-    refuse("insert into", rel)
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn multi_insert(
-    rel: pg_sys::Relation,
-    _slots: *mut *mut pg_sys::TupleTableSlot,
-    _nslots: std::ffi::c_int,
-    _cid: pg_sys::CommandId,
-    _options: std::ffi::c_int,
-    _bistate: *mut pg_sys::BulkInsertStateData,
-) {
-    refuse("insert into", rel)
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn relation_set_new_filenode(
-    rel: pg_sys::Relation,
-    _newrnode: *const pg_sys::RelFileNode,
-    _persistence: std::ffi::c_char,
-    _freeze_xid: *mut pg_sys::TransactionId,
-    _minmulti: *mut pg_sys::MultiXactId,
-) {
-    refuse("truncate or rewrite", rel)
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn relation_nontransactional_truncate(rel: pg_sys::Relation) {
-    refuse("truncate", rel)
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn relation_copy_data(
-    rel: pg_sys::Relation,
-    _newrnode: *const pg_sys::RelFileNode,
-) {
-    refuse("move", rel)
-}
-
-#[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn relation_copy_for_cluster(
-    old_table: pg_sys::Relation,
-    _new_table: pg_sys::Relation,
-    _old_index: pg_sys::Relation,
-    _use_sort: bool,
-    _oldest_xmin: pg_sys::TransactionId,
-    _xid_cutoff: *mut pg_sys::TransactionId,
-    _multi_cutoff: *mut pg_sys::MultiXactId,
-    _num_tuples: *mut f64,
-    _tups_vacuumed: *mut f64,
-    _tups_recently_dead: *mut f64,
-) {
-    refuse("rewrite", old_table)
-}
-
-/// VACUUM (and autovacuum) of a shadowed table: its local heap is all there
-/// is to vacuum, and while nothing writes locally it stays empty, so there is
-/// nothing to do. Anything else is refused rather than half-done.
-#[pg_guard]
-unsafe extern "C-unwind" fn relation_vacuum(
-    rel: pg_sys::Relation,
-    _params: *mut pg_sys::VacuumParams,
-    _bstrategy: pg_sys::BufferAccessStrategy,
-) {
-    // SAFETY: rel is a valid open relation; its main fork exists.
-    if unsafe { local_blocks(rel) } != 0 {
-        refuse("vacuum", rel)
+    // SAFETY: as above; a caller-provided scan (parallel builds) is never
+    // one of ours, as shadowed tables get no parallel plans.
+    unsafe {
+        if is_shadowed(table) {
+            refuse("index", table)
+        }
+        let view = HeapView::of(table);
+        // A parallel build hands over a heapam scan it began on the table
+        // itself, and heapam's build checks the scan's relation too, then
+        // ends the scan. So the scan is moved to the view, holding a
+        // reference to it for the end of the scan to release, and the
+        // reference the scan took on the table is released here.
+        if !scan.is_null() {
+            pg_sys::RelationIncrementReferenceCount(view.rel);
+            (*scan).rs_rd = view.rel;
+        }
+        let build = heap().index_build_range_scan.expect("heapam builds");
+        let tuples = pg_call!(build(
+            view.rel, index, info, allow_sync, anyvisible, progress, start, numblocks, callback,
+            state, scan
+        ));
+        if !scan.is_null() {
+            pg_sys::RelationDecrementReferenceCount(table);
+        }
+        view.close();
+        tuples
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn index_validate_scan(
-    table_rel: pg_sys::Relation,
-    _index_rel: pg_sys::Relation,
-    _index_info: *mut pg_sys::IndexInfo,
-    _snapshot: pg_sys::Snapshot,
-    _state: *mut pg_sys::ValidateIndexState,
+    table: pg_sys::Relation,
+    index: pg_sys::Relation,
+    info: *mut pg_sys::IndexInfo,
+    snapshot: pg_sys::Snapshot,
+    state: *mut pg_sys::ValidateIndexState,
 ) {
-    refuse("index", table_rel)
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(table) {
+            refuse("index", table)
+        }
+        let view = HeapView::of(table);
+        let validate = heap().index_validate_scan.expect("heapam validates");
+        pg_call!(validate(view.rel, index, info, snapshot, state));
+        view.close();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn tuple_insert(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    cid: pg_sys::CommandId,
+    options: std::ffi::c_int,
+    bistate: *mut pg_sys::BulkInsertStateData,
+) {
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("insert into", rel)
+        }
+        let insert = heap().tuple_insert.expect("heapam inserts");
+        pg_call!(insert(rel, slot, cid, options, bistate))
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn tuple_insert_speculative(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    cid: pg_sys::CommandId,
+    options: std::ffi::c_int,
+    bistate: *mut pg_sys::BulkInsertStateData,
+    spec_token: u32,
+) {
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("insert into", rel)
+        }
+        let insert = heap().tuple_insert_speculative.expect("heapam inserts");
+        pg_call!(insert(rel, slot, cid, options, bistate, spec_token))
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn multi_insert(
+    rel: pg_sys::Relation,
+    slots: *mut *mut pg_sys::TupleTableSlot,
+    nslots: std::ffi::c_int,
+    cid: pg_sys::CommandId,
+    options: std::ffi::c_int,
+    bistate: *mut pg_sys::BulkInsertStateData,
+) {
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("insert into", rel)
+        }
+        let insert = heap().multi_insert.expect("heapam inserts");
+        pg_call!(insert(rel, slots, nslots, cid, options, bistate))
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_set_new_filenode(
+    rel: pg_sys::Relation,
+    newrnode: *const pg_sys::RelFileNode,
+    persistence: std::ffi::c_char,
+    freeze_xid: *mut pg_sys::TransactionId,
+    minmulti: *mut pg_sys::MultiXactId,
+) {
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("truncate or rewrite", rel)
+        }
+        let create = heap()
+            .relation_set_new_filenode
+            .expect("heapam creates storage");
+        pg_call!(create(rel, newrnode, persistence, freeze_xid, minmulti))
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_nontransactional_truncate(rel: pg_sys::Relation) {
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("truncate", rel)
+        }
+        let truncate = heap()
+            .relation_nontransactional_truncate
+            .expect("heapam truncates");
+        pg_call!(truncate(rel))
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_copy_data(
+    rel: pg_sys::Relation,
+    newrnode: *const pg_sys::RelFileNode,
+) {
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(rel) {
+            refuse("move", rel)
+        }
+        let copy = heap().relation_copy_data.expect("heapam copies");
+        pg_call!(copy(rel, newrnode))
+    }
+}
+
+/// VACUUM FULL and CLUSTER: heapam's rewrite, reading through a heap view.
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn relation_copy_for_cluster(
+    old_table: pg_sys::Relation,
+    new_table: pg_sys::Relation,
+    old_index: pg_sys::Relation,
+    use_sort: bool,
+    oldest_xmin: pg_sys::TransactionId,
+    xid_cutoff: *mut pg_sys::TransactionId,
+    multi_cutoff: *mut pg_sys::MultiXactId,
+    num_tuples: *mut f64,
+    tups_vacuumed: *mut f64,
+    tups_recently_dead: *mut f64,
+) {
+    // SAFETY: as above.
+    unsafe {
+        if is_shadowed(old_table) {
+            refuse("rewrite", old_table)
+        }
+        let view = HeapView::of(old_table);
+        let copy = heap().relation_copy_for_cluster.expect("heapam rewrites");
+        pg_call!(copy(
+            view.rel,
+            new_table,
+            old_index,
+            use_sort,
+            oldest_xmin,
+            xid_cutoff,
+            multi_cutoff,
+            num_tuples,
+            tups_vacuumed,
+            tups_recently_dead
+        ));
+        view.close();
+    }
+}
+
+/// VACUUM (and autovacuum). A plain heap's goes to heapam. A shadowed
+/// table's local heap is all there is to vacuum, and while nothing writes
+/// locally it stays empty, so there is nothing to do; anything else is
+/// refused rather than half-done.
+#[pg_guard]
+unsafe extern "C-unwind" fn relation_vacuum(
+    rel: pg_sys::Relation,
+    params: *mut pg_sys::VacuumParams,
+    bstrategy: pg_sys::BufferAccessStrategy,
+) {
+    // SAFETY: rel is a valid open relation; its main fork exists.
+    unsafe {
+        if !is_shadowed(rel) {
+            let vacuum = heap().relation_vacuum.expect("heapam vacuums");
+            return pg_call!(vacuum(rel, params, bstrategy));
+        }
+        if local_blocks(rel) != 0 {
+            refuse("vacuum", rel)
+        }
+    }
 }
 
 /// The routine lives for the life of the process, as PostgreSQL requires.

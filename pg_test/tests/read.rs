@@ -459,3 +459,147 @@ fn writes_to_shadowed_tables_refuse_and_reads_leave_the_source_untouched() {
         ["1500|500"]
     );
 }
+
+#[test]
+fn a_dump_of_a_clone_restores_into_a_plain_database_that_works_like_heap() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
+    cluster.psql_file("prod", &rich_schema()).unwrap();
+    let tables = tables(&cluster, "prod");
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+
+    // pg_dump reads every row through the clone; the dump names cowclone's
+    // access methods, and restoring it elsewhere gives plain heap behaviour.
+    let dump = cluster.dir.join("staging.dump");
+    let dumped = cluster
+        .client_command("pg_dump", "staging")
+        .args(["-Fc", "-f"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        dumped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dumped.stderr)
+    );
+    cluster
+        .psql("postgres", "CREATE DATABASE restored")
+        .unwrap();
+    let restored = cluster
+        .client_command("pg_restore", "restored")
+        .args(["--exit-on-error", "-d", "restored"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(
+        rows(
+            &cluster,
+            "restored",
+            "SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.oid = 'app.everything'::regclass"
+        ),
+        ["cow"]
+    );
+    for table in &tables {
+        assert_eq!(
+            contents(&cluster, "restored", table, ""),
+            contents(&cluster, "prod", table, ""),
+            "{table} restored from the clone's dump"
+        );
+    }
+    // Writes, index builds (parallel too), rewrites and vacuum work as on heap.
+    run_each(
+        &cluster,
+        "restored",
+        "UPDATE app.everything SET small = -1 WHERE id < 50; \
+         DELETE FROM app.everything WHERE id % 10 = 0; \
+         INSERT INTO app.everything (label) VALUES ('after restore'); \
+         INSERT INTO app.parent VALUES (100) ON CONFLICT (id) DO NOTHING; \
+         SELECT * FROM app.child WHERE id = 2 FOR UPDATE; \
+         CREATE INDEX everything_small ON app.everything (small); \
+         SET max_parallel_maintenance_workers = 2; \
+         CREATE INDEX everything_big ON app.everything (big); \
+         CREATE INDEX CONCURRENTLY everything_exact ON app.everything (exact); \
+         VACUUM app.everything; VACUUM FULL app.child; CLUSTER app.parent USING parent_pkey; \
+         TRUNCATE app.scratch; REFRESH MATERIALIZED VIEW app.mood_counts; ANALYZE;",
+    );
+    let expected = rows(
+        &cluster,
+        "prod",
+        "SELECT count(*) - count(*) FILTER (WHERE id % 10 = 0) + 1, \
+         count(*) FILTER (WHERE id < 50 AND id % 10 <> 0) FROM app.everything",
+    );
+    for settings in ["", "SET enable_seqscan = off;"] {
+        assert_eq!(
+            rows(
+                &cluster,
+                "restored",
+                &format!("{settings} SELECT count(*), count(*) FILTER (WHERE small = -1) FROM app.everything")
+            ),
+            expected,
+            "{settings}"
+        );
+    }
+    cluster
+        .psql("restored", "CREATE EXTENSION IF NOT EXISTS amcheck")
+        .unwrap();
+    assert_eq!(
+        rows(
+            &cluster,
+            "restored",
+            "SELECT count(bt_index_check(i.indexrelid, true)) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relam = 403 AND i.indrelid = 'app.everything'::regclass"
+        ),
+        ["6"]
+    );
+}
+
+#[test]
+fn tables_created_in_a_clone_with_cowclones_access_methods_are_plain_heaps() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    run_each(
+        &cluster,
+        "staging",
+        "CREATE TABLE mine (i int PRIMARY KEY, v text) USING cow; \
+         CREATE INDEX mine_v ON mine USING cow_btree (v); \
+         INSERT INTO mine SELECT i, 'v' || i FROM generate_series(1, 5000) i; \
+         UPDATE mine SET v = 'changed' WHERE i <= 10; DELETE FROM mine WHERE i > 4000; \
+         VACUUM mine; ANALYZE mine",
+    );
+    for settings in ["", "SET enable_seqscan = off; SET enable_bitmapscan = off;"] {
+        assert_eq!(
+            rows(
+                &cluster,
+                "staging",
+                &format!("{settings} SELECT count(*) FROM mine WHERE v = 'changed'")
+            ),
+            ["10"]
+        );
+        assert_eq!(
+            rows(
+                &cluster,
+                "staging",
+                &format!("{settings} SELECT count(*) FROM mine WHERE i > 0")
+            ),
+            ["4000"]
+        );
+    }
+    let error = cluster
+        .connect("staging")
+        .unwrap()
+        .batch_execute("INSERT INTO mine VALUES (1, 'duplicate')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "23505", "{error}");
+}
