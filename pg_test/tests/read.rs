@@ -603,3 +603,42 @@ fn tables_created_in_a_clone_with_cowclones_access_methods_are_plain_heaps() {
         .unwrap_err();
     assert_eq!(sqlstate(&error), "23505", "{error}");
 }
+
+#[test]
+fn catalog_only_ddl_on_a_shadowed_table_changes_the_clone_alone() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql(
+            "prod",
+            "CREATE EXTENSION cowclone; CREATE TABLE t (i int PRIMARY KEY, gone text, v text); \
+             INSERT INTO t SELECT i, 'x', 'v' || i FROM generate_series(1, 300) i",
+        )
+        .unwrap();
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    run_each(
+        &cluster,
+        "staging",
+        "ALTER TABLE t ADD COLUMN note text DEFAULT 'new'; ALTER TABLE t DROP COLUMN gone; \
+         ALTER TABLE t RENAME COLUMN v TO value; CREATE VIEW t_view AS SELECT i, value, note FROM t",
+    );
+    for settings in ["", "SET enable_seqscan = off;"] {
+        assert_eq!(
+            rows(
+                &cluster,
+                "staging",
+                &format!(
+                    "{settings} SELECT i, value, note FROM t_view WHERE i IN (1, 300) ORDER BY i"
+                )
+            ),
+            ["1|v1|new", "300|v300|new"]
+        );
+    }
+    assert_eq!(
+        rows(&cluster, "prod", "SELECT * FROM t WHERE i = 1"),
+        ["1|x|v1"],
+        "the source is untouched"
+    );
+}
