@@ -524,12 +524,18 @@ fn a_dump_of_a_clone_restores_into_a_plain_database_that_works_like_heap() {
          INSERT INTO app.parent VALUES (100) ON CONFLICT (id) DO NOTHING; \
          SELECT * FROM app.child WHERE id = 2 FOR UPDATE; \
          CREATE INDEX everything_small ON app.everything (small); \
-         SET max_parallel_maintenance_workers = 2; \
-         CREATE INDEX everything_big ON app.everything (big); \
          CREATE INDEX CONCURRENTLY everything_exact ON app.everything (exact); \
          VACUUM app.everything; VACUUM FULL app.child; CLUSTER app.parent USING parent_pkey; \
          TRUNCATE app.scratch; REFRESH MATERIALIZED VIEW app.mood_counts; ANALYZE;",
     );
+    // A parallel index build (workers scan the table through heapam too).
+    cluster
+        .psql(
+            "restored",
+            "SET min_parallel_table_scan_size = 0; SET max_parallel_maintenance_workers = 2; \
+             SET parallel_setup_cost = 0; CREATE INDEX everything_big ON app.everything (big)",
+        )
+        .unwrap();
     let expected = rows(
         &cluster,
         "prod",
