@@ -8,18 +8,14 @@
 use pgrx::pg_sys;
 
 use crate::compat::{self, RelLocator};
-use crate::page::{self, LP_NORMAL, LP_REDIRECT};
+use crate::page::{
+    self, HEAP_HOT_UPDATED, HEAP_ONLY_TUPLE, HEAP_XMAX_INVALID, HEAP_XMAX_IS_MULTI,
+    HEAP_XMAX_LOCK_ONLY, HEAP_XMIN_COMMITTED, HEAP_XMIN_FROZEN, HEAP_XMIN_INVALID, LP_NORMAL,
+    LP_REDIRECT,
+};
 
 /// MaxHeapTuplesPerPage for 8 kB pages.
 pub const MAX_TUPLES_PER_PAGE: usize = 291;
-
-const HEAP_XMIN_COMMITTED: u16 = 0x0100;
-const HEAP_XMIN_INVALID: u16 = 0x0200;
-const HEAP_XMAX_LOCK_ONLY: u16 = 0x0080;
-const HEAP_XMAX_INVALID: u16 = 0x0800;
-const HEAP_XMAX_IS_MULTI: u16 = 0x1000;
-const HEAP_HOT_UPDATED: u16 = 0x4000;
-const HEAP_ONLY_TUPLE: u16 = 0x8000;
 
 /// Where a page comes from.
 #[derive(Clone, Copy)]
@@ -243,8 +239,7 @@ pub unsafe fn hot_chain_visible(
 }
 
 fn xmin_of(header: &pg_sys::HeapTupleHeaderData) -> u32 {
-    let frozen = HEAP_XMIN_COMMITTED | HEAP_XMIN_INVALID;
-    if header.t_infomask & frozen == frozen {
+    if header.t_infomask & HEAP_XMIN_FROZEN == HEAP_XMIN_FROZEN {
         u32::from(pg_sys::FrozenTransactionId)
     } else {
         // SAFETY: heap tuples on a page use the t_heap arm of the union.

@@ -40,15 +40,17 @@ const T_INFOMASK: usize = 20;
 const HEAP_XMAX_KEYSHR_LOCK: u16 = 0x0010;
 const HEAP_COMBOCID: u16 = 0x0020;
 const HEAP_XMAX_EXCL_LOCK: u16 = 0x0040;
-const HEAP_XMAX_LOCK_ONLY: u16 = 0x0080;
-const HEAP_XMIN_FROZEN: u16 = 0x0300;
+pub const HEAP_XMAX_LOCK_ONLY: u16 = 0x0080;
+pub const HEAP_XMIN_COMMITTED: u16 = 0x0100;
+pub const HEAP_XMIN_INVALID: u16 = 0x0200;
+pub const HEAP_XMIN_FROZEN: u16 = HEAP_XMIN_COMMITTED | HEAP_XMIN_INVALID;
 const HEAP_XMAX_COMMITTED: u16 = 0x0400;
-const HEAP_XMAX_INVALID: u16 = 0x0800;
-const HEAP_XMAX_IS_MULTI: u16 = 0x1000;
+pub const HEAP_XMAX_INVALID: u16 = 0x0800;
+pub const HEAP_XMAX_IS_MULTI: u16 = 0x1000;
 const HEAP_MOVED: u16 = 0xC000;
 const HEAP_KEYS_UPDATED: u16 = 0x2000;
-const HEAP_HOT_UPDATED: u16 = 0x4000;
-const HEAP_ONLY_TUPLE: u16 = 0x8000;
+pub const HEAP_HOT_UPDATED: u16 = 0x4000;
+pub const HEAP_ONLY_TUPLE: u16 = 0x8000;
 
 /// Infomask bits describing xmin/xmax state, all rewritten when a tuple is frozen.
 const XACT_BITS_REWRITTEN: u16 = HEAP_XMAX_KEYSHR_LOCK

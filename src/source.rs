@@ -246,7 +246,7 @@ pub fn copy_page(
                 }
                 let mut tuple = pg_sys::HeapTupleData {
                     t_len: lp.len as u32,
-                    t_self: item_pointer(block, offset as u16),
+                    t_self: crate::clone_view::make_tid(block, offset as u16),
                     t_tableOid: pg_sys::Oid::from(table_oid),
                     t_data: page_ptr.add(lp.off as usize) as pg_sys::HeapTupleHeader,
                 };
@@ -270,16 +270,6 @@ pub fn page_lsn(page: &[u8]) -> u64 {
     let hi = u32::from_le_bytes(page[0..4].try_into().expect("4 bytes")) as u64;
     let lo = u32::from_le_bytes(page[4..8].try_into().expect("4 bytes")) as u64;
     (hi << 32) | lo
-}
-
-fn item_pointer(block: u32, offset: u16) -> pg_sys::ItemPointerData {
-    pg_sys::ItemPointerData {
-        ip_blkid: pg_sys::BlockIdData {
-            bi_hi: (block >> 16) as u16,
-            bi_lo: block as u16,
-        },
-        ip_posid: offset,
-    }
 }
 
 /// Calls `each` with the fixed-size part of every tuple the snapshot sees.
