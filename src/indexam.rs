@@ -23,6 +23,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use crate::clone_view;
 use crate::compat;
 use crate::error::CowError;
+use crate::relcopy::RelationCopy;
 use crate::tableam::relation_name;
 
 /// Every wrapped AM: (wrapper name, the wrapped AM's OID, its name).
@@ -218,35 +219,13 @@ unsafe fn wrapped_routine(index: pg_sys::Relation) -> &'static pg_sys::IndexAmRo
 
 /// A copy of a clone's index descriptor that reads the source's index file.
 ///
-/// Lives in its own memory context: the wrapped AM caches metapages and
-/// support functions there (never in the clone's relcache entry, whose
-/// caches describe the local file), and deleting the context releases the
-/// storage handle's pointer back into the copy. The wrapped AM's routine is
-/// shared and long-lived.
+/// The wrapped AM caches metapages and support functions in the copy's
+/// memory context (never in the clone's relcache entry, whose caches
+/// describe the local file); the storage handle goes back to the backend's
+/// owner field for the source file when the copy goes. The wrapped AM's
+/// routine is shared and long-lived.
 struct SourceIndex {
-    rel: pg_sys::Relation,
-    context: pg_sys::MemoryContext,
-}
-
-/// Registered on the copy's memory context: before the copy is freed, its
-/// storage handle goes back to the backend's long-lived owner field, so the
-/// handle never points into freed memory and the files stay open.
-#[repr(C)]
-struct GiveBackSmgr {
-    callback: pg_sys::MemoryContextCallback,
-    copy: pg_sys::Relation,
-    home: *mut pg_sys::SMgrRelation,
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn give_back_smgr(arg: *mut std::ffi::c_void) {
-    // SAFETY: registered with a GiveBackSmgr living in the context being
-    // reset, whose copy's rd_smgr field is still readable; the home field
-    // lives for the process.
-    unsafe {
-        let give_back = arg as *mut GiveBackSmgr;
-        compat::hand_smgr_to(&mut (*(*give_back).copy).rd_smgr, (*give_back).home);
-    }
+    copy: RelationCopy,
 }
 
 impl SourceIndex {
@@ -255,61 +234,41 @@ impl SourceIndex {
     /// # Safety
     /// `index` must be a valid, open index relation using a wrapper AM.
     unsafe fn open(index: pg_sys::Relation) -> Option<Self> {
-        // SAFETY: guaranteed by the caller; the copy only borrows the
-        // relcache entry's descriptor arrays, which stay valid while the
-        // index is open (relcache rebuilds open indexes in place).
+        // SAFETY: guaranteed by the caller; the fields replaced below are
+        // the ones that describe the storage and its caches.
         unsafe {
             let view = clone_view::current()?;
             let locator = view.source_locator(compat::relfilenode_of(index))?;
-            let context = pg_sys::AllocSetContextCreateInternal(
-                pg_sys::CurrentMemoryContext,
-                c"cowclone source index".as_ptr(),
-                0,
-                1024,
-                8 * 1024,
-            );
-            let rel = pg_sys::MemoryContextAllocZero(
-                context,
-                std::mem::size_of::<pg_sys::RelationData>(),
-            ) as pg_sys::Relation;
-            std::ptr::copy_nonoverlapping(index, rel, 1);
+            let home = clone_view::smgr_home(locator);
+            let copy = RelationCopy::new(index, c"cowclone source index", home);
+            let rel = copy.rel;
             compat::set_relation_locator(rel, locator);
-            (*rel).rd_smgr = std::ptr::null_mut();
             (*rel).rd_amcache = std::ptr::null_mut();
-            (*rel).rd_indexcxt = context;
-            (*rel).pgstat_info = std::ptr::null_mut();
-            (*rel).pgstat_enabled = false;
+            (*rel).rd_indexcxt = copy.context;
             (*rel).rd_indam = wrapped_routine(index) as *const _ as *mut _;
             let support =
                 (*(*rel).rd_indam).amsupport as usize * (*(*index).rd_rel).relnatts as usize;
             (*rel).rd_supportinfo = pg_sys::MemoryContextAllocZero(
-                context,
+                copy.context,
                 support.max(1) * std::mem::size_of::<pg_sys::FmgrInfo>(),
             ) as *mut pg_sys::FmgrInfo;
-            let home = clone_view::smgr_home(locator);
             compat::own_smgr(home, locator);
             compat::hand_smgr_to(home, &mut (*rel).rd_smgr);
-            let give_back =
-                pg_sys::MemoryContextAllocZero(context, std::mem::size_of::<GiveBackSmgr>())
-                    as *mut GiveBackSmgr;
-            (*give_back).callback.func = Some(give_back_smgr);
-            (*give_back).callback.arg = give_back.cast();
-            (*give_back).copy = rel;
-            (*give_back).home = home;
-            pg_sys::MemoryContextRegisterResetCallback(context, &mut (*give_back).callback);
-            Some(Self { rel, context })
+            Some(Self { copy })
         }
+    }
+
+    fn rel(&self) -> pg_sys::Relation {
+        self.copy.rel
     }
 
     fn routine(&self) -> &pg_sys::IndexAmRoutine {
         // SAFETY: set in open() to the wrapped AM's routine, which lives for the process.
-        unsafe { &*(*self.rel).rd_indam }
+        unsafe { &*(*self.copy.rel).rd_indam }
     }
 
     fn close(self) {
-        // SAFETY: the context holds the copy and the wrapped routine; nothing
-        // else points into it once the inner scan has ended.
-        unsafe { pg_sys::MemoryContextDelete(self.context) };
+        self.copy.close();
     }
 }
 
@@ -342,7 +301,7 @@ unsafe extern "C-unwind" fn ambeginscan(
         let scan = pg_sys::RelationGetIndexScan(index, nkeys, norderbys);
         let routine = wrapped_routine(index);
         let source = SourceIndex::open(index);
-        let scanned = source.as_ref().map_or(index, |source| source.rel);
+        let scanned = source.as_ref().map_or(index, SourceIndex::rel);
         let begin = routine.ambeginscan.expect("every AM begins scans");
         let inner = pg_call!(begin(scanned, nkeys, norderbys));
         (*inner).parallel_scan = std::ptr::null_mut();
@@ -528,7 +487,7 @@ unsafe extern "C-unwind" fn amcanreturn(index: pg_sys::Relation, attno: std::ffi
             };
         };
         let answer = match source.routine().amcanreturn {
-            Some(can_return) => pg_call!(can_return(source.rel, attno)),
+            Some(can_return) => pg_call!(can_return(source.rel(), attno)),
             None => false,
         };
         source.close();

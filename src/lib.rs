@@ -35,6 +35,7 @@ mod page;
 mod preload;
 mod read_hooks;
 mod reconcile;
+mod relcopy;
 mod relmap;
 mod snapshot;
 mod source;

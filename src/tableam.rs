@@ -20,6 +20,7 @@ use crate::clone_view::{self, TidSpace};
 use crate::error::CowError;
 use crate::heap_page::{self, PageSource, MAX_TUPLES_PER_PAGE};
 use crate::page::BLCKSZ;
+use crate::relcopy::RelationCopy;
 
 /// Raised by every refused callback.
 fn refuse(what: &str, rel: pg_sys::Relation) -> ! {
@@ -1036,64 +1037,17 @@ pub unsafe fn is_shadowed(rel: pg_sys::Relation) -> bool {
 }
 
 /// A copy of a relation's descriptor whose table AM is heapam's, for heapam
-/// code that insists on it (its own scans check `rd_tableam`). It lives in
-/// its own memory context; the storage handle it may take over is released
-/// when the context goes, on error paths too, so nothing ever points into
-/// freed memory.
-struct HeapView {
-    rel: pg_sys::Relation,
-    context: pg_sys::MemoryContext,
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn release_view_smgr(copy: *mut std::ffi::c_void) {
-    // SAFETY: registered with a copy living in the context being reset.
+/// code that insists on it (its own scans check `rd_tableam`); its storage
+/// handle, if it takes one over, is left unowned when the copy goes.
+///
+/// # Safety
+/// `rel` must be a valid, open relation with heap storage.
+unsafe fn heap_view(rel: pg_sys::Relation) -> RelationCopy {
+    // SAFETY: guaranteed by the caller.
     unsafe {
-        let copy = copy as pg_sys::Relation;
-        let owner: *mut pg_sys::SMgrRelation = &mut (*copy).rd_smgr;
-        if !(*owner).is_null() {
-            pg_sys::smgrclearowner(owner, *owner);
-        }
-    }
-}
-
-impl HeapView {
-    /// # Safety
-    /// `rel` must be a valid, open relation with heap storage.
-    unsafe fn of(rel: pg_sys::Relation) -> Self {
-        // SAFETY: guaranteed by the caller; the copy borrows the relcache
-        // entry's descriptor, valid while the relation is open.
-        unsafe {
-            let context = pg_sys::AllocSetContextCreateInternal(
-                pg_sys::CurrentMemoryContext,
-                c"cowclone heap view".as_ptr(),
-                0,
-                1024,
-                8 * 1024,
-            );
-            let copy = pg_sys::MemoryContextAllocZero(
-                context,
-                std::mem::size_of::<pg_sys::RelationData>(),
-            ) as pg_sys::Relation;
-            std::ptr::copy_nonoverlapping(rel, copy, 1);
-            (*copy).rd_tableam = heap();
-            (*copy).rd_smgr = std::ptr::null_mut();
-            (*copy).pgstat_info = std::ptr::null_mut();
-            (*copy).pgstat_enabled = false;
-            let callback = pg_sys::MemoryContextAllocZero(
-                context,
-                std::mem::size_of::<pg_sys::MemoryContextCallback>(),
-            ) as *mut pg_sys::MemoryContextCallback;
-            (*callback).func = Some(release_view_smgr);
-            (*callback).arg = copy.cast();
-            pg_sys::MemoryContextRegisterResetCallback(context, callback);
-            Self { rel: copy, context }
-        }
-    }
-
-    fn close(self) {
-        // SAFETY: nothing refers to the copy once heapam's call returned.
-        unsafe { pg_sys::MemoryContextDelete(self.context) };
+        let copy = RelationCopy::new(rel, c"cowclone heap view", std::ptr::null_mut());
+        (*copy.rel).rd_tableam = heap();
+        copy
     }
 }
 
@@ -1233,7 +1187,7 @@ unsafe extern "C-unwind" fn index_build_range_scan(
         if is_shadowed(table) {
             refuse("index", table)
         }
-        let view = HeapView::of(table);
+        let view = heap_view(table);
         // A parallel build hands over a heapam scan it began on the table
         // itself, and heapam's build checks the scan's relation too, then
         // ends the scan. So the scan is moved to the view, holding a
@@ -1269,7 +1223,7 @@ unsafe extern "C-unwind" fn index_validate_scan(
         if is_shadowed(table) {
             refuse("index", table)
         }
-        let view = HeapView::of(table);
+        let view = heap_view(table);
         let validate = heap().index_validate_scan.expect("heapam validates");
         pg_call!(validate(view.rel, index, info, snapshot, state));
         view.close();
@@ -1401,7 +1355,7 @@ unsafe extern "C-unwind" fn relation_copy_for_cluster(
         if is_shadowed(old_table) {
             refuse("rewrite", old_table)
         }
-        let view = HeapView::of(old_table);
+        let view = heap_view(old_table);
         let copy = heap().relation_copy_for_cluster.expect("heapam rewrites");
         pg_call!(copy(
             view.rel,
