@@ -23,7 +23,6 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::error::CowError;
-use crate::hooks;
 use crate::lineage::{self, CloneRecord};
 
 pub fn install() {
@@ -31,8 +30,6 @@ pub fn install() {
     // any backend exists; backends inherit the callback and the hook.
     unsafe {
         pg_sys::RegisterXactCallback(Some(check_storage_at_commit), std::ptr::null_mut());
-        PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
     }
 }
 
@@ -196,50 +193,16 @@ fn option_value(options: *mut pg_sys::List, wanted: &str) -> Option<std::ffi::CS
     }
 }
 
-static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-
-/// No `#[pg_guard]`: see `hooks` (an error raised by the statement passes
-/// through unchanged). The checks before and after are guarded functions.
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    // SAFETY: PostgreSQL passes a valid planned utility statement.
-    let dropped_database = unsafe { check_utility(pstmt) };
-    let call = hooks::UtilityCall {
-        pstmt,
-        query_string,
-        read_only_tree,
-        context,
-        params,
-        query_env,
-        dest,
-        qc,
-    };
-    // SAFETY: the arguments go unchanged to the next hook or the standard
-    // function, as every utility hook must; this frame holds plain values only.
-    unsafe { hooks::pass_on_utility(PREVIOUS_PROCESS_UTILITY, call) };
-    if dropped_database != pg_sys::InvalidOid {
-        forget_dropped_clone(dropped_database);
-    }
-}
-
+/// After a DROP DATABASE: forgets the clone it dropped, if it was one.
 #[pg_guard]
-extern "C-unwind" fn forget_dropped_clone(database: pg_sys::Oid) {
+pub extern "C-unwind" fn forget_dropped_clone(database: pg_sys::Oid) {
     lineage::forget_clone(database);
 }
 
 /// Refuses what must not run in or on a source; returns the database a
 /// DROP DATABASE drops (InvalidOid otherwise).
 #[pg_guard]
-unsafe extern "C-unwind" fn check_utility(pstmt: *mut pg_sys::PlannedStmt) -> pg_sys::Oid {
+pub unsafe extern "C-unwind" fn check_utility(pstmt: *mut pg_sys::PlannedStmt) -> pg_sys::Oid {
     // SAFETY: PostgreSQL passes a valid planned utility statement.
     let dropped_database = unsafe {
         let node = (*pstmt).utilityStmt;

@@ -13,6 +13,60 @@
 
 use pgrx::pg_sys;
 
+use crate::{guard, read_hooks};
+
+static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// Installed once, while the postmaster preloads the library.
+pub fn install() {
+    // SAFETY: runs once in the postmaster before any backend exists; hooks
+    // are plain globals chained by saving the previous value.
+    unsafe {
+        PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+/// cowclone's one utility hook: the source guard's checks, the wrapper
+/// index access methods' translation and ANALYZE's read-ahead in clones
+/// run in guarded functions around a direct pass-on.
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    let call = UtilityCall {
+        pstmt,
+        query_string,
+        read_only_tree,
+        context,
+        params,
+        query_env,
+        dest,
+        qc,
+    };
+    // SAFETY: PostgreSQL passes a valid planned utility statement; every
+    // value this frame holds is plain (pointers and OIDs).
+    unsafe {
+        let dropped_database = guard::check_utility(pstmt);
+        let call = read_hooks::with_wrapped_index_access_method(call);
+        let read_ahead = read_hooks::before_utility(call.pstmt);
+        pass_on_utility(PREVIOUS_PROCESS_UTILITY, call);
+        if !read_ahead.is_null() {
+            read_hooks::set_read_ahead(read_ahead);
+        }
+        if dropped_database != pg_sys::InvalidOid {
+            guard::forget_dropped_clone(dropped_database);
+        }
+    }
+}
+
 unsafe extern "C-unwind" {
     #[link_name = "standard_ProcessUtility"]
     fn standard_process_utility(
@@ -49,7 +103,7 @@ pub struct UtilityCall {
 /// Must be called from a ProcessUtility hook with the arguments it got; the
 /// caller's frames must hold nothing that needs dropping.
 #[allow(ffi_unwind_calls)]
-pub unsafe fn pass_on_utility(previous: pg_sys::ProcessUtility_hook_type, c: UtilityCall) {
+unsafe fn pass_on_utility(previous: pg_sys::ProcessUtility_hook_type, c: UtilityCall) {
     // SAFETY: guaranteed by the caller; PostgreSQL reports errors by
     // longjmp, never by unwinding, so no Rust unwinding crosses these calls.
     unsafe {

@@ -25,6 +25,7 @@ pub fn on_library_load() {
         LOADED_BY_POSTMASTER.store(true, Ordering::Relaxed);
         crate::guard::install();
         crate::read_hooks::install();
+        crate::hooks::install();
         crate::failpoint::define_setting();
         crate::snapshot::define_settings();
         crate::workers::register();

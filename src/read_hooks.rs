@@ -9,6 +9,8 @@
 //!   relation's own file; for a shadowed table that is the clone's local
 //!   file, which has none of the source's blocks, and md.c refuses to
 //!   prefetch past a missing segment ("previous segment is only 0 blocks").
+//!   (The ANALYZE part, like the translation of `CREATE INDEX ... USING
+//!   cow_btree`, runs from the utility hook in `hooks`.)
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -19,7 +21,6 @@ use crate::tableam::{is_cow_relation, is_shadowed};
 
 static mut PREVIOUS_PATHLIST: pg_sys::set_rel_pathlist_hook_type = None;
 static mut PREVIOUS_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
-static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 /// Installed once, while the postmaster preloads the library.
 pub fn install() {
@@ -30,8 +31,6 @@ pub fn install() {
         pg_sys::set_rel_pathlist_hook = Some(without_partial_paths);
         PREVIOUS_EXECUTOR_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
-        PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
     }
 }
 
@@ -154,46 +153,6 @@ unsafe fn for_each_pointer(list: *mut pg_sys::List, mut each: impl FnMut(*mut st
     }
 }
 
-/// ANALYZE (alone or with VACUUM) in a clone runs with
-/// maintenance_io_concurrency = 0. No `#[pg_guard]`: see `hooks`. The
-/// setting is a session-level SET, restored when the statement returns; if
-/// it fails, transaction abort undoes the SET (an ANALYZE of several tables
-/// commits between them, so a failure after the first leaves the session
-/// at 0, which only costs read-ahead).
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    let call = hooks::UtilityCall {
-        pstmt,
-        query_string,
-        read_only_tree,
-        context,
-        params,
-        query_env,
-        dest,
-        qc,
-    };
-    // SAFETY: PostgreSQL passes a valid planned utility statement.
-    let call = unsafe { with_wrapped_index_access_method(call) };
-    // SAFETY: as above.
-    let previous = unsafe { before_utility(pstmt) };
-    // SAFETY: the arguments go unchanged to the next hook or the standard
-    // function; `previous` is a palloc'd string (plain pointer).
-    unsafe { hooks::pass_on_utility(PREVIOUS_PROCESS_UTILITY, call) };
-    if !previous.is_null() {
-        // SAFETY: the setting's value as it was, palloc'd by before_utility.
-        unsafe { set_read_ahead(previous) };
-    }
-}
-
 const READ_AHEAD: &std::ffi::CStr = c"maintenance_io_concurrency";
 
 /// `CREATE INDEX ... USING cow_btree` (what `pg_dump` writes for a clone's
@@ -201,7 +160,7 @@ const READ_AHEAD: &std::ffi::CStr = c"maintenance_io_concurrency";
 /// wrappers only mean something on storage a clone shadows, which only
 /// `cow.clone` sets up, and they have no operator classes of their own.
 #[pg_guard]
-unsafe extern "C-unwind" fn with_wrapped_index_access_method(
+pub unsafe extern "C-unwind" fn with_wrapped_index_access_method(
     call: hooks::UtilityCall,
 ) -> hooks::UtilityCall {
     let mut call = call;
@@ -235,10 +194,15 @@ unsafe extern "C-unwind" fn with_wrapped_index_access_method(
     }
 }
 
-/// In a clone, for VACUUM/ANALYZE: turns read-ahead off and returns the
-/// previous value (palloc'd); null otherwise.
+/// ANALYZE (alone or with VACUUM) in a clone runs with
+/// maintenance_io_concurrency = 0: this turns read-ahead off and returns the
+/// previous value (palloc'd), null for other statements; `set_read_ahead`
+/// restores it when the statement returns. It is a session-level SET: if the
+/// statement fails, transaction abort undoes it (an ANALYZE of several tables
+/// commits between them, so a failure after the first leaves the session at
+/// 0, which only costs read-ahead).
 #[pg_guard]
-unsafe extern "C-unwind" fn before_utility(
+pub unsafe extern "C-unwind" fn before_utility(
     pstmt: *mut pg_sys::PlannedStmt,
 ) -> *mut std::ffi::c_char {
     // SAFETY: PostgreSQL passes a valid planned utility statement.
@@ -259,7 +223,7 @@ unsafe extern "C-unwind" fn before_utility(
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn set_read_ahead(value: *mut std::ffi::c_char) {
+pub unsafe extern "C-unwind" fn set_read_ahead(value: *mut std::ffi::c_char) {
     // SAFETY: a valid setting name and value, set as a session-level SET.
     unsafe {
         pg_sys::set_config_option(
