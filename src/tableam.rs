@@ -83,6 +83,30 @@ unsafe fn local_blocks(rel: pg_sys::Relation) -> u32 {
     (bytes as usize / BLCKSZ) as u32
 }
 
+/// Hands a scan that is heapam's own (of a relation without a source part)
+/// back to heapam's callback of the same name.
+macro_rules! heap_scan_unless_ours {
+    ($scan:expr, $callback:ident($($arg:expr),*)) => {
+        // SAFETY: the scan was begun by scan_begin, ours or heapam's.
+        if !unsafe { is_cow_scan($scan) } {
+            let delegate = heap().$callback.expect("heapam implements every scan callback");
+            return pg_call!(delegate($($arg),*));
+        }
+    };
+}
+
+/// Refuses a write to a shadowed table (issue #5); a relation without a
+/// source part goes to heapam's callback of the same name.
+macro_rules! heap_unless_shadowed {
+    ($rel:expr, $what:expr, $callback:ident($($arg:expr),*)) => {{
+        if is_shadowed($rel) {
+            refuse($what, $rel)
+        }
+        let delegate = heap().$callback.expect("heapam implements every callback");
+        pg_call!(delegate($($arg),*))
+    }};
+}
+
 const NO_BLOCK: u32 = u32::MAX;
 
 /// Marks a scan as one of ours in `rs_flags`, in a bit PostgreSQL's scan
@@ -342,11 +366,7 @@ unsafe extern "C-unwind" fn scan_begin(
 
 #[pg_guard]
 unsafe extern "C-unwind" fn scan_end(sscan: pg_sys::TableScanDesc) {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_end.expect("heapam scans");
-        return pg_call!(delegate(sscan));
-    }
+    heap_scan_unless_ours!(sscan, scan_end(sscan));
     // SAFETY: PostgreSQL ends only scans it began with scan_begin.
     unsafe {
         let scan = cow_scan(sscan);
@@ -371,18 +391,17 @@ unsafe extern "C-unwind" fn scan_rescan(
     allow_sync: bool,
     allow_pagemode: bool,
 ) {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_rescan.expect("heapam scans");
-        return pg_call!(delegate(
+    heap_scan_unless_ours!(
+        sscan,
+        scan_rescan(
             sscan,
             key,
             set_params,
             allow_strat,
             allow_sync,
             allow_pagemode
-        ));
-    }
+        )
+    );
     // SAFETY: a scan begun by scan_begin.
     let scan = unsafe { cow_scan(sscan) };
     if set_params {
@@ -409,11 +428,7 @@ unsafe extern "C-unwind" fn scan_getnextslot(
     direction: pg_sys::ScanDirection::Type,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_getnextslot.expect("heapam scans");
-        return pg_call!(delegate(sscan, direction, slot));
-    }
+    heap_scan_unless_ours!(sscan, scan_getnextslot(sscan, direction, slot));
     // SAFETY: a scan begun by scan_begin, and the caller's slot.
     let scan = unsafe { cow_scan(sscan) };
     if direction == pg_sys::ScanDirection::NoMovementScanDirection {
@@ -442,11 +457,7 @@ unsafe extern "C-unwind" fn scan_set_tidrange(
     mintid: pg_sys::ItemPointer,
     maxtid: pg_sys::ItemPointer,
 ) {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_set_tidrange.expect("heapam scans");
-        return pg_call!(delegate(sscan, mintid, maxtid));
-    }
+    heap_scan_unless_ours!(sscan, scan_set_tidrange(sscan, mintid, maxtid));
     // SAFETY: a scan begun by scan_begin; the executor passes valid TIDs.
     unsafe {
         let scan = cow_scan(sscan);
@@ -463,11 +474,7 @@ unsafe extern "C-unwind" fn scan_getnextslot_tidrange(
     direction: pg_sys::ScanDirection::Type,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_getnextslot_tidrange.expect("heapam scans");
-        return pg_call!(delegate(sscan, direction, slot));
-    }
+    heap_scan_unless_ours!(sscan, scan_getnextslot_tidrange(sscan, direction, slot));
     // SAFETY: a scan begun by scan_begin, and the caller's slot.
     unsafe {
         let scan = cow_scan(sscan);
@@ -490,11 +497,7 @@ unsafe extern "C-unwind" fn scan_bitmap_next_block(
     sscan: pg_sys::TableScanDesc,
     tbmres: *mut pg_sys::TBMIterateResult,
 ) -> bool {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_bitmap_next_block.expect("heapam scans");
-        return pg_call!(delegate(sscan, tbmres));
-    }
+    heap_scan_unless_ours!(sscan, scan_bitmap_next_block(sscan, tbmres));
     // SAFETY: a scan begun by scan_begin; the executor passes a valid result
     // whose offsets array holds ntuples entries when ntuples >= 0.
     unsafe {
@@ -550,11 +553,7 @@ unsafe extern "C-unwind" fn scan_bitmap_next_tuple(
     tbmres: *mut pg_sys::TBMIterateResult,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_bitmap_next_tuple.expect("heapam scans");
-        return pg_call!(delegate(sscan, tbmres, slot));
-    }
+    heap_scan_unless_ours!(sscan, scan_bitmap_next_tuple(sscan, tbmres, slot));
     // SAFETY: a scan begun by scan_begin whose page scan_bitmap_next_block pinned.
     unsafe {
         let scan = cow_scan(sscan);
@@ -572,11 +571,7 @@ unsafe extern "C-unwind" fn scan_sample_next_block(
     sscan: pg_sys::TableScanDesc,
     scanstate: *mut pg_sys::SampleScanState,
 ) -> bool {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_sample_next_block.expect("heapam scans");
-        return pg_call!(delegate(sscan, scanstate));
-    }
+    heap_scan_unless_ours!(sscan, scan_sample_next_block(sscan, scanstate));
     // SAFETY: a scan begun by scan_begin; the executor passes its sample
     // state, whose tsmroutine is the sampling method's.
     unsafe {
@@ -607,11 +602,7 @@ unsafe extern "C-unwind" fn scan_sample_next_tuple(
     scanstate: *mut pg_sys::SampleScanState,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_sample_next_tuple.expect("heapam scans");
-        return pg_call!(delegate(sscan, scanstate, slot));
-    }
+    heap_scan_unless_ours!(sscan, scan_sample_next_tuple(sscan, scanstate, slot));
     // SAFETY: as in scan_sample_next_block, whose page is pinned.
     unsafe {
         let scan = cow_scan(sscan);
@@ -640,11 +631,7 @@ unsafe extern "C-unwind" fn scan_analyze_next_block(
     blockno: pg_sys::BlockNumber,
     bstrategy: pg_sys::BufferAccessStrategy,
 ) -> bool {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_analyze_next_block.expect("heapam scans");
-        return pg_call!(delegate(sscan, blockno, bstrategy));
-    }
+    heap_scan_unless_ours!(sscan, scan_analyze_next_block(sscan, blockno, bstrategy));
     // SAFETY: a scan begun by scan_begin; ANALYZE asks only for blocks below
     // the relation size this AM reported.
     let scan = unsafe { cow_scan(sscan) };
@@ -671,11 +658,10 @@ unsafe extern "C-unwind" fn scan_analyze_next_tuple(
     deadrows: *mut f64,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().scan_analyze_next_tuple.expect("heapam scans");
-        return pg_call!(delegate(sscan, oldest_xmin, liverows, deadrows, slot));
-    }
+    heap_scan_unless_ours!(
+        sscan,
+        scan_analyze_next_tuple(sscan, oldest_xmin, liverows, deadrows, slot)
+    );
     // SAFETY: a scan whose page scan_analyze_next_block pinned; the counters
     // are ANALYZE's own.
     unsafe {
@@ -800,11 +786,7 @@ unsafe extern "C-unwind" fn tuple_tid_valid(
     sscan: pg_sys::TableScanDesc,
     tid: pg_sys::ItemPointer,
 ) -> bool {
-    // SAFETY: heapam's scans of relations without a source part go back to heapam.
-    if !unsafe { is_cow_scan(sscan) } {
-        let delegate = heap().tuple_tid_valid.expect("heapam scans");
-        return pg_call!(delegate(sscan, tid));
-    }
+    heap_scan_unless_ours!(sscan, tuple_tid_valid(sscan, tid));
     // SAFETY: a scan begun by scan_begin; the executor passes a valid TID.
     unsafe {
         let scan = cow_scan(sscan);
@@ -1058,11 +1040,11 @@ unsafe extern "C-unwind" fn index_delete_tuples(
 ) -> pg_sys::TransactionId {
     // SAFETY: PostgreSQL passes a valid relation and deletion state.
     unsafe {
-        if is_shadowed(rel) {
-            refuse("clean index entries of", rel)
-        }
-        let delete = heap().index_delete_tuples.expect("heapam deletes");
-        pg_call!(delete(rel, delstate))
+        heap_unless_shadowed!(
+            rel,
+            "clean index entries of",
+            index_delete_tuples(rel, delstate)
+        )
     }
 }
 
@@ -1082,22 +1064,22 @@ unsafe extern "C-unwind" fn tuple_update(
 ) -> pg_sys::TM_Result::Type {
     // SAFETY: PostgreSQL passes valid arguments, handed on unchanged.
     unsafe {
-        if is_shadowed(rel) {
-            refuse("update", rel)
-        }
-        let update = heap().tuple_update.expect("heapam updates");
-        pg_call!(update(
+        heap_unless_shadowed!(
             rel,
-            otid,
-            slot,
-            cid,
-            snapshot,
-            crosscheck,
-            wait,
-            tmfd,
-            lockmode,
-            update_indexes
-        ))
+            "update",
+            tuple_update(
+                rel,
+                otid,
+                slot,
+                cid,
+                snapshot,
+                crosscheck,
+                wait,
+                tmfd,
+                lockmode,
+                update_indexes
+            )
+        )
     }
 }
 
@@ -1115,20 +1097,20 @@ unsafe extern "C-unwind" fn tuple_delete(
 ) -> pg_sys::TM_Result::Type {
     // SAFETY: as above.
     unsafe {
-        if is_shadowed(rel) {
-            refuse("delete from", rel)
-        }
-        let delete = heap().tuple_delete.expect("heapam deletes");
-        pg_call!(delete(
+        heap_unless_shadowed!(
             rel,
-            tid,
-            cid,
-            snapshot,
-            crosscheck,
-            wait,
-            tmfd,
-            changing_part
-        ))
+            "delete from",
+            tuple_delete(
+                rel,
+                tid,
+                cid,
+                snapshot,
+                crosscheck,
+                wait,
+                tmfd,
+                changing_part
+            )
+        )
     }
 }
 
@@ -1147,21 +1129,21 @@ unsafe extern "C-unwind" fn tuple_lock(
 ) -> pg_sys::TM_Result::Type {
     // SAFETY: as above.
     unsafe {
-        if is_shadowed(rel) {
-            refuse("lock rows of", rel)
-        }
-        let lock = heap().tuple_lock.expect("heapam locks");
-        pg_call!(lock(
+        heap_unless_shadowed!(
             rel,
-            tid,
-            snapshot,
-            slot,
-            cid,
-            mode,
-            wait_policy,
-            flags,
-            tmfd
-        ))
+            "lock rows of",
+            tuple_lock(
+                rel,
+                tid,
+                snapshot,
+                slot,
+                cid,
+                mode,
+                wait_policy,
+                flags,
+                tmfd
+            )
+        )
     }
 }
 
@@ -1240,11 +1222,11 @@ unsafe extern "C-unwind" fn tuple_insert(
 ) {
     // SAFETY: as above.
     unsafe {
-        if is_shadowed(rel) {
-            refuse("insert into", rel)
-        }
-        let insert = heap().tuple_insert.expect("heapam inserts");
-        pg_call!(insert(rel, slot, cid, options, bistate))
+        heap_unless_shadowed!(
+            rel,
+            "insert into",
+            tuple_insert(rel, slot, cid, options, bistate)
+        )
     }
 }
 
@@ -1259,11 +1241,11 @@ unsafe extern "C-unwind" fn tuple_insert_speculative(
 ) {
     // SAFETY: as above.
     unsafe {
-        if is_shadowed(rel) {
-            refuse("insert into", rel)
-        }
-        let insert = heap().tuple_insert_speculative.expect("heapam inserts");
-        pg_call!(insert(rel, slot, cid, options, bistate, spec_token))
+        heap_unless_shadowed!(
+            rel,
+            "insert into",
+            tuple_insert_speculative(rel, slot, cid, options, bistate, spec_token)
+        )
     }
 }
 
@@ -1278,11 +1260,11 @@ unsafe extern "C-unwind" fn multi_insert(
 ) {
     // SAFETY: as above.
     unsafe {
-        if is_shadowed(rel) {
-            refuse("insert into", rel)
-        }
-        let insert = heap().multi_insert.expect("heapam inserts");
-        pg_call!(insert(rel, slots, nslots, cid, options, bistate))
+        heap_unless_shadowed!(
+            rel,
+            "insert into",
+            multi_insert(rel, slots, nslots, cid, options, bistate)
+        )
     }
 }
 
@@ -1296,28 +1278,18 @@ unsafe extern "C-unwind" fn relation_set_new_filenode(
 ) {
     // SAFETY: as above.
     unsafe {
-        if is_shadowed(rel) {
-            refuse("truncate or rewrite", rel)
-        }
-        let create = heap()
-            .relation_set_new_filenode
-            .expect("heapam creates storage");
-        pg_call!(create(rel, newrnode, persistence, freeze_xid, minmulti))
+        heap_unless_shadowed!(
+            rel,
+            "truncate or rewrite",
+            relation_set_new_filenode(rel, newrnode, persistence, freeze_xid, minmulti)
+        )
     }
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn relation_nontransactional_truncate(rel: pg_sys::Relation) {
     // SAFETY: as above.
-    unsafe {
-        if is_shadowed(rel) {
-            refuse("truncate", rel)
-        }
-        let truncate = heap()
-            .relation_nontransactional_truncate
-            .expect("heapam truncates");
-        pg_call!(truncate(rel))
-    }
+    unsafe { heap_unless_shadowed!(rel, "truncate", relation_nontransactional_truncate(rel)) }
 }
 
 #[pg_guard]
@@ -1326,13 +1298,7 @@ unsafe extern "C-unwind" fn relation_copy_data(
     newrnode: *const pg_sys::RelFileNode,
 ) {
     // SAFETY: as above.
-    unsafe {
-        if is_shadowed(rel) {
-            refuse("move", rel)
-        }
-        let copy = heap().relation_copy_data.expect("heapam copies");
-        pg_call!(copy(rel, newrnode))
-    }
+    unsafe { heap_unless_shadowed!(rel, "move", relation_copy_data(rel, newrnode)) }
 }
 
 /// VACUUM FULL and CLUSTER: heapam's rewrite, reading through a heap view.
