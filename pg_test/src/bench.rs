@@ -325,7 +325,7 @@ fn wal_since(cluster: &Cluster, start: &str) -> Result<i64> {
         .map_err(|_| Error(format!("unexpected WAL size: {out}")))
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).expect("times are finite"));
     values[values.len() / 2]
 }

@@ -8,6 +8,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use crate::bench::median;
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::{Error, Result};
 use crate::extension::{build_and_install, workspace_root, Profile};
@@ -197,11 +198,6 @@ fn number(cluster: &Cluster, db: &str, sql: &str) -> Result<i64> {
     out.trim()
         .parse()
         .map_err(|_| Error(format!("not a number: {out}")))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    values[values.len() / 2]
 }
 
 fn mb(bytes: i64) -> String {

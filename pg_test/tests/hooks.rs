@@ -10,6 +10,15 @@ mod common;
 use common::sqlstate;
 use pg_test::start_test_cluster;
 
+/// The CONTEXT PostgreSQL reported with an error.
+fn context_of(error: &postgres::Error) -> String {
+    error
+        .as_db_error()
+        .and_then(|e| e.where_())
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[test]
 fn errors_keep_their_context_in_sources_clones_and_other_databases() {
     let cluster = start_test_cluster(|_| {}).unwrap();
@@ -30,12 +39,7 @@ fn errors_keep_their_context_in_sources_clones_and_other_databases() {
             .batch_execute("DO $$ BEGIN PERFORM 1 / 0; END $$")
             .unwrap_err();
         assert_eq!(sqlstate(&error), "22012", "{db}: {error}");
-        let context = error
-            .as_db_error()
-            .unwrap()
-            .where_()
-            .unwrap_or_default()
-            .to_string();
+        let context = context_of(&error);
         assert!(
             context.contains("PL/pgSQL function inline_code_block line 1 at PERFORM"),
             "{db}: {context:?}"
@@ -48,12 +52,7 @@ fn errors_keep_their_context_in_sources_clones_and_other_databases() {
         writer.write_all(b"1\nnot a number\n").unwrap();
         let error = writer.finish().unwrap_err();
         assert_eq!(sqlstate(&error), "22P02", "{db}: {error}");
-        let context = error
-            .as_db_error()
-            .unwrap()
-            .where_()
-            .unwrap_or_default()
-            .to_string();
+        let context = context_of(&error);
         assert!(
             context.contains("COPY numbers, line 2"),
             "{db}: {context:?}"
@@ -65,12 +64,7 @@ fn errors_keep_their_context_in_sources_clones_and_other_databases() {
             )
             .unwrap();
         let error = client.batch_execute("SELECT boom()").unwrap_err();
-        let context = error
-            .as_db_error()
-            .unwrap()
-            .where_()
-            .unwrap_or_default()
-            .to_string();
+        let context = context_of(&error);
         assert!(
             context.contains("PL/pgSQL function boom() line 1 at RETURN"),
             "{db}: {context:?}"
