@@ -56,6 +56,7 @@ impl AccessMethodSwitch {
                 u32::from(form.oid),
                 form.relkind as u8,
                 form.relpersistence as u8,
+                u32::from(form.relnamespace),
             ) {
                 continue;
             }
@@ -69,10 +70,19 @@ impl AccessMethodSwitch {
 
 /// A relation of the clone whose rows stay in the source: user tables,
 /// materialized views, their TOAST tables and their indexes.
-pub fn is_shadowed(oid: u32, kind: u8, persistence: u8) -> bool {
+pub fn is_shadowed(oid: u32, kind: u8, persistence: u8, namespace: u32) -> bool {
     oid >= source::FIRST_NORMAL_OBJECT_ID
+        && namespace != extension_namespace()
         && persistence != b't'
         && matches!(kind, b'r' | b'm' | b't' | b'i')
+}
+
+/// The extension's own schema in the source (the cloning backend's
+/// database): its tables (the tombstones) are the clone's own from the start,
+/// copied as they are (empty outside clones), never shadowed.
+pub fn extension_namespace() -> u32 {
+    // SAFETY: a catalog lookup by name, inside the cloning transaction.
+    u32::from(unsafe { pg_sys::get_namespace_oid(c"cow".as_ptr(), true) })
 }
 
 fn is_copied_catalog(rel: &SourceRelation) -> bool {

@@ -209,7 +209,7 @@ fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
             .detail("cowclone does not clone relations stored in other tablespaces yet.")
             .raise();
         }
-        let shadowed = catalog_copy::is_shadowed(rel.oid, rel.kind, rel.persistence);
+        let shadowed = catalog_copy::is_shadowed(rel.oid, rel.kind, rel.persistence, rel.namespace);
         if shadowed && !switch.replacement.contains_key(&rel.am) {
             CowError::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -460,7 +460,9 @@ fn create_local_storage(
             pg_sys::RelationCreateStorage(locator, rel.persistence as std::ffi::c_char, true)
         };
         let unlogged = rel.persistence == b'u';
-        if rel.kind == b'S' {
+        let own = !catalog_copy::is_shadowed(rel.oid, rel.kind, rel.persistence, rel.namespace)
+            && rel.kind != b'S';
+        if rel.kind == b'S' || own {
             let from = source.locator(rel.relfilenode);
             let main = pg_sys::ForkNumber::MAIN_FORKNUM;
             let pages = catalog_copy::copy_fork_raw(from, main, rel.oid);
@@ -589,7 +591,8 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         shadowed: relations
             .iter()
             .filter(|r| {
-                catalog_copy::is_shadowed(r.oid, r.kind, r.persistence) && r.relfilenode != 0
+                catalog_copy::is_shadowed(r.oid, r.kind, r.persistence, r.namespace)
+                    && r.relfilenode != 0
             })
             .map(|r| ShadowedStorage {
                 relfilenode: r.relfilenode,

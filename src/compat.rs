@@ -202,6 +202,11 @@ unsafe extern "C" {
         buffer: pg_sys::Buffer,
     ) -> *mut pg_sys::TupleTableSlot;
     fn PredicateLockRelation(relation: pg_sys::Relation, snapshot: pg_sys::Snapshot);
+    fn CheckForSerializableConflictIn(
+        relation: pg_sys::Relation,
+        tid: pg_sys::ItemPointer,
+        blkno: pg_sys::BlockNumber,
+    );
     fn RelationMapCopy(
         dbid: pg_sys::Oid,
         tsid: pg_sys::Oid,
@@ -243,6 +248,19 @@ pub unsafe fn store_buffer_tuple(
 pub unsafe fn predicate_lock_relation(rel: pg_sys::Relation, snapshot: pg_sys::Snapshot) {
     // SAFETY: guaranteed by the caller.
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| PredicateLockRelation(rel, snapshot)) }
+}
+
+/// A serializable transaction's check before writing a row (a no-op
+/// outside SERIALIZABLE), as heapam makes it.
+///
+/// # Safety
+/// `rel` must be open; `tid` valid.
+pub unsafe fn serializable_conflict_in(rel: pg_sys::Relation, tid: pg_sys::ItemPointer) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let block = crate::clone_view::block_of(&*tid);
+        pg_sys::ffi::pg_guard_ffi_boundary(|| CheckForSerializableConflictIn(rel, tid, block))
+    }
 }
 
 /// Creates the init fork of an unlogged relation, WAL-logged.

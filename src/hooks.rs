@@ -56,11 +56,9 @@ unsafe extern "C-unwind" fn process_utility(
     unsafe {
         let dropped_database = guard::check_utility(pstmt);
         let call = read_hooks::with_wrapped_index_access_method(call);
-        let read_ahead = read_hooks::before_utility(call.pstmt);
+        let deferred = read_hooks::before_utility(call.pstmt);
         pass_on_utility(PREVIOUS_PROCESS_UTILITY, call);
-        if !read_ahead.is_null() {
-            read_hooks::set_read_ahead(read_ahead);
-        }
+        read_hooks::restore_setting(deferred);
         if dropped_database != pg_sys::InvalidOid {
             guard::forget_dropped_clone(dropped_database);
         }

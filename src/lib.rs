@@ -40,7 +40,9 @@ mod relmap;
 mod snapshot;
 mod source;
 mod tableam;
+mod tombstone;
 mod workers;
+mod writes;
 
 ::pgrx::pg_module_magic!(name, version);
 

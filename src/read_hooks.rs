@@ -194,40 +194,75 @@ pub unsafe extern "C-unwind" fn with_wrapped_index_access_method(
     }
 }
 
-/// ANALYZE (alone or with VACUUM) in a clone runs with
-/// maintenance_io_concurrency = 0: this turns read-ahead off and returns the
-/// previous value (palloc'd), null for other statements; `set_read_ahead`
-/// restores it when the statement returns. It is a session-level SET: if the
-/// statement fails, transaction abort undoes it (an ANALYZE of several tables
-/// commits between them, so a failure after the first leaves the session at
-/// 0, which only costs read-ahead).
+/// A setting a utility statement in a clone runs with, to put back after.
+#[repr(C)]
+pub struct Deferred {
+    name: *const std::ffi::c_char,
+    previous: *mut std::ffi::c_char,
+}
+
+/// Statements in a clone that must run with a setting changed, returning
+/// what to put back (`restore_setting`), or a null name:
+///
+/// * ANALYZE (alone or with VACUUM): maintenance_io_concurrency = 0, which
+///   turns read-ahead off (it would read ahead in the empty local file);
+/// * CREATE INDEX and REINDEX: max_parallel_maintenance_workers = 0, as a
+///   shadowed table's source rows are read by the leader alone.
+///
+/// It is a session-level SET: if the statement fails, transaction abort
+/// undoes it (an ANALYZE of several tables commits between them, so a
+/// failure after the first leaves the session at 0, which only costs
+/// read-ahead).
 #[pg_guard]
-pub unsafe extern "C-unwind" fn before_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-) -> *mut std::ffi::c_char {
-    // SAFETY: PostgreSQL passes a valid planned utility statement.
-    let is_vacuum_or_analyze = unsafe {
-        let node = (*pstmt).utilityStmt;
-        !node.is_null() && (*node).type_ == pg_sys::NodeTag::T_VacuumStmt
+pub unsafe extern "C-unwind" fn before_utility(pstmt: *mut pg_sys::PlannedStmt) -> Deferred {
+    let none = Deferred {
+        name: std::ptr::null(),
+        previous: std::ptr::null_mut(),
     };
-    if !is_vacuum_or_analyze || clone_view::current().is_none() {
-        return std::ptr::null_mut();
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    let name = unsafe {
+        let node = (*pstmt).utilityStmt;
+        if node.is_null() {
+            return none;
+        }
+        match (*node).type_ {
+            pg_sys::NodeTag::T_VacuumStmt => READ_AHEAD,
+            pg_sys::NodeTag::T_IndexStmt | pg_sys::NodeTag::T_ReindexStmt => PARALLEL_BUILD,
+            _ => return none,
+        }
+    };
+    if clone_view::current().is_none() {
+        return none;
     }
     // SAFETY: reading a GUC by name returns a string owned by the GUC
     // machinery, copied with pstrdup before it can change.
     unsafe {
-        let previous = pg_sys::pstrdup(pg_sys::GetConfigOption(READ_AHEAD.as_ptr(), false, false));
-        set_read_ahead(c"0".as_ptr().cast_mut());
-        previous
+        let previous = pg_sys::pstrdup(pg_sys::GetConfigOption(name.as_ptr(), false, false));
+        set_setting(name.as_ptr(), c"0".as_ptr().cast_mut());
+        Deferred {
+            name: name.as_ptr(),
+            previous,
+        }
     }
 }
 
+const PARALLEL_BUILD: &std::ffi::CStr = c"max_parallel_maintenance_workers";
+
 #[pg_guard]
-pub unsafe extern "C-unwind" fn set_read_ahead(value: *mut std::ffi::c_char) {
-    // SAFETY: a valid setting name and value, set as a session-level SET.
+pub unsafe extern "C-unwind" fn restore_setting(deferred: Deferred) {
+    if !deferred.name.is_null() {
+        // SAFETY: a name and value before_utility saved.
+        unsafe { set_setting(deferred.name, deferred.previous) };
+    }
+}
+
+/// # Safety
+/// A valid setting name and value.
+unsafe fn set_setting(name: *const std::ffi::c_char, value: *mut std::ffi::c_char) {
+    // SAFETY: set as a session-level SET.
     unsafe {
         pg_sys::set_config_option(
-            READ_AHEAD.as_ptr(),
+            name,
             value,
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,

@@ -30,6 +30,7 @@ pub struct SourceRelation {
     pub relfilenode: u32,
     pub am: u32,
     pub tablespace: u32,
+    pub namespace: u32,
 }
 
 impl SourceRelation {
@@ -90,6 +91,7 @@ impl SourceDatabase {
                 relfilenode,
                 am: u32::from(form.relam),
                 tablespace: u32::from(form.reltablespace),
+                namespace: u32::from(form.relnamespace),
             });
         });
         relations

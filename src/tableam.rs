@@ -8,8 +8,11 @@
 //! space (see `clone_view`). Local work is heapam's wherever heapam's code
 //! can be handed the relation as is.
 //!
-//! Writing to a shadowed table (issue #5) still refuses with
-//! `feature_not_supported`, so today the local heap is always empty.
+//! Writes: inserts go to the local heap; the first update, delete or row
+//! lock of a source row records a tombstone (see `tombstone`, `writes`), and
+//! an update puts the new version in the local heap, where heapam takes over.
+//! Every source row a scan finds is judged with T and then with the
+//! tombstones the query's snapshot sees.
 
 use std::sync::OnceLock;
 
@@ -21,6 +24,8 @@ use crate::error::CowError;
 use crate::heap_page::{self, PageSource, MAX_TUPLES_PER_PAGE};
 use crate::page::BLCKSZ;
 use crate::relcopy::RelationCopy;
+use crate::tombstone::{self, Verdict};
+use crate::writes::{self, Claim, LocalSizing, Operation};
 
 /// Raised by every refused callback.
 fn refuse(what: &str, rel: pg_sys::Relation) -> ! {
@@ -28,10 +33,10 @@ fn refuse(what: &str, rel: pg_sys::Relation) -> ! {
     let name = unsafe { relation_name(rel) };
     CowError::new(
         PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        format!("cannot {what} shadowed table \"{name}\" yet"),
+        format!("cannot {what} shadowed table \"{name}\""),
     )
-    .detail("Its rows still live in the source database; writing them through a clone is not built yet.")
-    .hint("This build of cowclone reads clones; writes come with issue #5.")
+    .detail("Its rows still live in the source database, which a clone never changes.")
+    .hint("Rewrite the table in the clone first (for example ALTER TABLE ... ALTER COLUMN ... TYPE, or CREATE TABLE AS), which makes it entirely the clone's own.")
     .raise()
 }
 
@@ -95,15 +100,24 @@ macro_rules! heap_scan_unless_ours {
     };
 }
 
-/// Refuses a write to a shadowed table (issue #5); a relation without a
-/// source part goes to heapam's callback of the same name.
+/// Runs heapam's callback of the same name on the local heap (for a
+/// relation without a source part, the whole relation).
+macro_rules! local_heap {
+    ($callback:ident($($arg:expr),*)) => {{
+        let _local = LocalSizing::enter();
+        let delegate = heap().$callback.expect("heapam implements every callback");
+        pg_call!(delegate($($arg),*))
+    }};
+}
+
+/// Refuses what a shadowed table cannot do; a relation without a source
+/// part goes to heapam's callback of the same name.
 macro_rules! heap_unless_shadowed {
     ($rel:expr, $what:expr, $callback:ident($($arg:expr),*)) => {{
         if is_shadowed($rel) {
             refuse($what, $rel)
         }
-        let delegate = heap().$callback.expect("heapam implements every callback");
-        pg_call!(delegate($($arg),*))
+        local_heap!($callback($($arg),*))
     }};
 }
 
@@ -145,6 +159,10 @@ struct CowScan {
     tuple: pg_sys::HeapTupleData,
     tid_range: Option<(pg_sys::ItemPointerData, pg_sys::ItemPointerData)>,
     analyzed: bool,
+    /// Source rows (file block, offset) the scan's snapshot sees tombstones
+    /// for, sorted; palloc'd in the scan's memory context.
+    hidden: *mut (u32, u16),
+    hidden_len: usize,
 }
 
 impl CowScan {
@@ -172,6 +190,59 @@ impl CowScan {
                 self.base.rs_snapshot,
                 false,
             )
+        }
+    }
+
+    fn is_hidden(&self, offset: u16) -> bool {
+        if self.hidden_len == 0 {
+            return false;
+        }
+        // SAFETY: hidden holds hidden_len entries for the life of the scan.
+        let hidden = unsafe { std::slice::from_raw_parts(self.hidden, self.hidden_len) };
+        hidden.binary_search(&(self.file_block, offset)).is_ok()
+    }
+
+    /// Drops source rows the tombstones hide from the collected offsets;
+    /// returns how many were dropped.
+    fn drop_hidden(&mut self) -> usize {
+        if !self.from_source || self.hidden_len == 0 {
+            return 0;
+        }
+        let mut kept = 0;
+        for i in 0..self.count {
+            let offset = self.offsets[i];
+            if !self.is_hidden(offset) {
+                self.offsets[kept] = offset;
+                kept += 1;
+            }
+        }
+        let dropped = self.count - kept;
+        self.count = kept;
+        dropped
+    }
+
+    /// Loads the tombstones the scan's snapshot sees (ANALYZE, without one,
+    /// sees what a new snapshot sees).
+    ///
+    /// # Safety
+    /// Inside the scan's transaction.
+    unsafe fn load_hidden(&mut self) {
+        // SAFETY: guaranteed by the caller; the array lives in the current
+        // (the scan's) memory context.
+        unsafe {
+            let snapshot = if self.base.rs_snapshot.is_null() {
+                pg_sys::GetLatestSnapshot()
+            } else {
+                self.base.rs_snapshot
+            };
+            let hidden =
+                tombstone::hidden_set(crate::compat::relfilenode_of(self.base.rs_rd), snapshot);
+            self.hidden_len = hidden.len();
+            if !hidden.is_empty() {
+                let bytes = std::mem::size_of::<(u32, u16)>() * hidden.len();
+                self.hidden = pg_sys::palloc(bytes) as *mut (u32, u16);
+                std::ptr::copy_nonoverlapping(hidden.as_ptr(), self.hidden, hidden.len());
+            }
         }
     }
 
@@ -219,6 +290,7 @@ impl CowScan {
             self.count = count;
             self.max_offset = max;
         }
+        self.drop_hidden();
         self.index = -1;
     }
 
@@ -347,6 +419,7 @@ unsafe extern "C-unwind" fn scan_begin(
         s.base.rs_parallel = pscan;
         std::ptr::write(&mut s.source, source);
         std::ptr::write(&mut s.tid_range, None);
+        s.load_hidden();
         s.buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
         s.block = NO_BLOCK;
         s.index = -1;
@@ -542,6 +615,7 @@ unsafe extern "C-unwind" fn scan_bitmap_next_block(
             scan.max_offset = max;
         }
         pg_sys::LockBuffer(scan.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        scan.drop_hidden();
         scan.index = -1;
         scan.count > 0
     }
@@ -714,7 +788,8 @@ unsafe fn classify_for_analyze(
             );
             scan.count = count;
             scan.max_offset = max;
-            return (count, 0);
+            let dropped = scan.drop_hidden();
+            return (count - dropped, dropped);
         }
         let max = crate::page::max_offset(heap_page::page_bytes(scan.buffer))
             .min(MAX_TUPLES_PER_PAGE) as u16;
@@ -770,7 +845,7 @@ unsafe extern "C-unwind" fn relation_size(
         let local = pg_call!(size(rel, fork));
         let whole = fork == pg_sys::ForkNumber::MAIN_FORKNUM
             || fork == pg_sys::ForkNumber::InvalidForkNumber;
-        if !whole {
+        if !whole || writes::local_sizing() {
             return local;
         }
         let source = clone_view::current()
@@ -793,6 +868,40 @@ unsafe extern "C-unwind" fn tuple_tid_valid(
         match clone_view::tid_space(&*tid) {
             TidSpace::Source(b) => b < scan.source_blocks,
             TidSpace::Local(b) => b < scan.local_blocks,
+        }
+    }
+}
+
+/// Whether `snapshot` sees a source row that T sees, going by the
+/// tombstones it sees. A dirty snapshot sees a row being moved or deleted by
+/// a running transaction, and learns that transaction as the row's xmax.
+///
+/// # Safety
+/// `rel` open, `snapshot` valid, inside a transaction.
+unsafe fn tombstones_allow(
+    rel: pg_sys::Relation,
+    tid: &pg_sys::ItemPointerData,
+    snapshot: pg_sys::Snapshot,
+) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if snapshot.is_null() {
+            return true;
+        }
+        let dirty = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        if dirty {
+            (*snapshot).xmin = pg_sys::InvalidTransactionId;
+            (*snapshot).xmax = pg_sys::InvalidTransactionId;
+        }
+        match tombstone::judge(crate::compat::relfilenode_of(rel), tid, snapshot) {
+            Verdict::Visible => true,
+            Verdict::Hidden => false,
+            Verdict::BeingChanged(xid) => {
+                if dirty {
+                    (*snapshot).xmax = xid;
+                }
+                true
+            }
         }
     }
 }
@@ -845,6 +954,7 @@ unsafe extern "C-unwind" fn tuple_fetch_row_version(
         pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
         let found = heap_page::visible_tuple_at(buffer, block, (*tid).ip_posid, (*rel).rd_id, t);
         pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        let found = found.filter(|_| tombstones_allow(rel, &*tid, snapshot));
         if let Some(tuple) = found {
             store_source_tuple(tuple, block, slot, buffer);
         }
@@ -853,7 +963,8 @@ unsafe extern "C-unwind" fn tuple_fetch_row_version(
     }
 }
 
-/// A source row has no newer version in the clone until writes exist.
+/// A source row's newer versions start at the local row its tombstone
+/// names, if it was moved; heapam follows them from there.
 #[pg_guard]
 unsafe extern "C-unwind" fn tuple_get_latest_tid(
     sscan: pg_sys::TableScanDesc,
@@ -862,9 +973,21 @@ unsafe extern "C-unwind" fn tuple_get_latest_tid(
     // SAFETY: a scan begun by scan_begin and a valid TID; heapam's version
     // only reads the relation and snapshot from the scan's base.
     unsafe {
+        let latest = heap().tuple_get_latest_tid.expect("heapam follows TIDs");
         if let TidSpace::Local(_) = clone_view::tid_space(&*tid) {
-            let latest = heap().tuple_get_latest_tid.expect("heapam follows TIDs");
+            let _local = LocalSizing::enter();
             pg_call!(latest(sscan, tid));
+            return;
+        }
+        let rel = (*sscan).rs_rd;
+        let moved = tombstone::for_writer(crate::compat::relfilenode_of(rel), &*tid)
+            .into_iter()
+            .find(|t| t.kind == tombstone::MOVED && !t.in_progress);
+        if let Some(moved) = moved {
+            let mut successor = moved.successor;
+            let _local = LocalSizing::enter();
+            pg_call!(latest(sscan, &mut successor));
+            *tid = successor;
         }
     }
 }
@@ -887,7 +1010,7 @@ unsafe extern "C-unwind" fn tuple_satisfies_snapshot(
         pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
         let visible = pg_sys::HeapTupleSatisfiesVisibility((*bslot).base.tuple, t, buffer);
         pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
-        visible
+        visible && tombstones_allow(rel, &(*slot).tts_tid, snapshot)
     }
 }
 
@@ -998,6 +1121,10 @@ unsafe extern "C-unwind" fn index_fetch_tuple(
         pg_sys::LockBuffer(fetch.buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
         let found = heap_page::hot_chain_visible(fetch.buffer, block, (*tid).ip_posid, table, t);
         pg_sys::LockBuffer(fetch.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        let found = found.filter(|tuple| {
+            let member = clone_view::source_tid(block, tuple.t_self.ip_posid);
+            tombstones_allow(fetch.base.rel, &member, snapshot)
+        });
         if let Some(tuple) = found {
             store_source_tuple(tuple, block, slot, fetch.buffer);
         }
@@ -1033,21 +1160,54 @@ unsafe fn heap_view(rel: pg_sys::Relation) -> RelationCopy {
     }
 }
 
+/// Index entries heapam may judge are local ones; entries pointing at
+/// source rows (in indexes built in the clone) are never deleted from here.
 #[pg_guard]
 unsafe extern "C-unwind" fn index_delete_tuples(
     rel: pg_sys::Relation,
     delstate: *mut pg_sys::TM_IndexDeleteOp,
 ) -> pg_sys::TransactionId {
-    // SAFETY: PostgreSQL passes a valid relation and deletion state.
+    // SAFETY: PostgreSQL passes a valid relation and deletion state whose
+    // deltids array holds ndeltids entries; heapam looks at no more than
+    // the first ndeltids.
     unsafe {
-        heap_unless_shadowed!(
-            rel,
-            "clean index entries of",
-            index_delete_tuples(rel, delstate)
-        )
+        let state = &mut *delstate;
+        let entries = std::slice::from_raw_parts_mut(state.deltids, state.ndeltids as usize);
+        let mut local = 0;
+        for i in 0..entries.len() {
+            if let TidSpace::Local(_) = clone_view::tid_space(&entries[i].tid) {
+                entries.swap(local, i);
+                local += 1;
+            }
+        }
+        state.ndeltids = local as i32;
+        if local == 0 {
+            return pg_sys::InvalidTransactionId;
+        }
+        local_heap!(index_delete_tuples(rel, delstate))
     }
 }
 
+/// # Safety
+/// `tid` must be valid.
+unsafe fn is_source_row(rel: pg_sys::Relation, tid: pg_sys::ItemPointer) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe { matches!(clone_view::tid_space(&*tid), TidSpace::Source(_)) && is_shadowed(rel) }
+}
+
+/// Releases the tuple lock a claim took, once its tombstone is recorded.
+///
+/// # Safety
+/// `rel` open; the lock was taken by `writes::claim` on `tid`.
+unsafe fn release_claim(rel: pg_sys::Relation, tid: pg_sys::ItemPointer, tuple_lock: bool) {
+    if tuple_lock {
+        // SAFETY: guaranteed by the caller.
+        unsafe { pg_sys::UnlockTuple(rel, tid, pg_sys::ExclusiveLock as i32) };
+    }
+}
+
+/// An update of a source row puts the new version in the local heap and
+/// records the row as moved there; all indexes get entries for it.
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn tuple_update(
@@ -1062,12 +1222,11 @@ unsafe extern "C-unwind" fn tuple_update(
     lockmode: *mut pg_sys::LockTupleMode::Type,
     update_indexes: *mut bool,
 ) -> pg_sys::TM_Result::Type {
-    // SAFETY: PostgreSQL passes valid arguments, handed on unchanged.
+    // SAFETY: PostgreSQL passes valid arguments; a source TID is one this
+    // AM handed out.
     unsafe {
-        heap_unless_shadowed!(
-            rel,
-            "update",
-            tuple_update(
+        if !is_source_row(rel, otid) {
+            return local_heap!(tuple_update(
                 rel,
                 otid,
                 slot,
@@ -1078,8 +1237,27 @@ unsafe extern "C-unwind" fn tuple_update(
                 tmfd,
                 lockmode,
                 update_indexes
-            )
-        )
+            ));
+        }
+        crate::compat::serializable_conflict_in(rel, otid);
+        let policy = pg_sys::LockWaitPolicy::LockWaitBlock;
+        match writes::claim(rel, &*otid, cid, policy, Operation::Update, tmfd) {
+            Claim::Granted { tuple_lock, .. } => {
+                local_heap!(tuple_insert(rel, slot, cid, 0, std::ptr::null_mut()));
+                tombstone::record(
+                    crate::compat::relfilenode_of(rel),
+                    &*otid,
+                    tombstone::MOVED,
+                    Some(&(*slot).tts_tid),
+                );
+                release_claim(rel, otid, tuple_lock);
+                *update_indexes = true;
+                *lockmode = pg_sys::LockTupleMode::LockTupleExclusive;
+                pg_sys::TM_Result::TM_Ok
+            }
+            Claim::Moved { .. } => pg_sys::TM_Result::TM_Updated,
+            Claim::Result(result) => result,
+        }
     }
 }
 
@@ -1097,10 +1275,8 @@ unsafe extern "C-unwind" fn tuple_delete(
 ) -> pg_sys::TM_Result::Type {
     // SAFETY: as above.
     unsafe {
-        heap_unless_shadowed!(
-            rel,
-            "delete from",
-            tuple_delete(
+        if !is_source_row(rel, tid) {
+            return local_heap!(tuple_delete(
                 rel,
                 tid,
                 cid,
@@ -1109,11 +1285,31 @@ unsafe extern "C-unwind" fn tuple_delete(
                 wait,
                 tmfd,
                 changing_part
-            )
-        )
+            ));
+        }
+        crate::compat::serializable_conflict_in(rel, tid);
+        let policy = pg_sys::LockWaitPolicy::LockWaitBlock;
+        match writes::claim(rel, &*tid, cid, policy, Operation::Delete, tmfd) {
+            Claim::Granted { tuple_lock, .. } => {
+                let moved = changing_part.then(writes::moved_partitions_tid);
+                tombstone::record(
+                    crate::compat::relfilenode_of(rel),
+                    &*tid,
+                    tombstone::DELETED,
+                    moved.as_ref(),
+                );
+                release_claim(rel, tid, tuple_lock);
+                pg_sys::TM_Result::TM_Ok
+            }
+            Claim::Moved { .. } => pg_sys::TM_Result::TM_Updated,
+            Claim::Result(result) => result,
+        }
     }
 }
 
+/// Locking a source row records a lock tombstone (other writers wait for
+/// this transaction); the row stays where it is. A row moved by a committed
+/// transaction is followed into the local heap when asked to.
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn tuple_lock(
@@ -1129,10 +1325,8 @@ unsafe extern "C-unwind" fn tuple_lock(
 ) -> pg_sys::TM_Result::Type {
     // SAFETY: as above.
     unsafe {
-        heap_unless_shadowed!(
-            rel,
-            "lock rows of",
-            tuple_lock(
+        if !is_source_row(rel, tid) {
+            return local_heap!(tuple_lock(
                 rel,
                 tid,
                 snapshot,
@@ -1142,12 +1336,180 @@ unsafe extern "C-unwind" fn tuple_lock(
                 wait_policy,
                 flags,
                 tmfd
-            )
-        )
+            ));
+        }
+        (*tmfd).traversed = false;
+        match writes::claim(rel, &*tid, cid, wait_policy, Operation::Lock, tmfd) {
+            Claim::Granted {
+                tuple_lock,
+                locked_by_us,
+            } => {
+                if !locked_by_us {
+                    tombstone::record(
+                        crate::compat::relfilenode_of(rel),
+                        &*tid,
+                        tombstone::LOCKED,
+                        None,
+                    );
+                }
+                release_claim(rel, tid, tuple_lock);
+                let any = &raw mut pg_sys::SnapshotAnyData;
+                if !tuple_fetch_row_version(rel, tid, any, slot) {
+                    CowError::new(
+                        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        "attempted to lock invisible tuple",
+                    )
+                    .raise();
+                }
+                pg_sys::TM_Result::TM_Ok
+            }
+            Claim::Moved { successor, .. } => {
+                if flags & pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8 == 0 {
+                    return pg_sys::TM_Result::TM_Updated;
+                }
+                let mut latest = successor;
+                let result = local_heap!(tuple_lock(
+                    rel,
+                    &mut latest,
+                    snapshot,
+                    slot,
+                    cid,
+                    mode,
+                    wait_policy,
+                    flags,
+                    tmfd
+                ));
+                (*tmfd).traversed = true;
+                *tid = latest;
+                result
+            }
+            Claim::Result(result) => result,
+        }
     }
 }
 
-/// Index builds scan with heapam's own scan code, on a heap view.
+thread_local! {
+    /// Set while a wrapper index builds its empty local part: the build's
+    /// table scan then finds nothing.
+    static BUILDING_EMPTY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `build` with table scans for index builds finding no rows.
+pub fn with_empty_build_scans<R>(build: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            BUILDING_EMPTY.with(|b| b.set(false));
+        }
+    }
+    BUILDING_EMPTY.with(|b| b.set(true));
+    let _reset = Reset;
+    build()
+}
+
+/// Evaluates an index predicate as ExecQual does (NULL is false).
+///
+/// # Safety
+/// `qual` was prepared for `econtext`'s executor state.
+unsafe fn exec_qual(qual: *mut pg_sys::ExprState, econtext: *mut pg_sys::ExprContext) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if qual.is_null() {
+            return true;
+        }
+        let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_tuple_memory);
+        let mut isnull = false;
+        let eval = (*qual)
+            .evalfunc
+            .expect("prepared expressions have an evaluator");
+        let result = pg_call!(eval(qual, econtext, &mut isnull));
+        pg_sys::MemoryContextSwitchTo(old);
+        !isnull && result.value() != 0
+    }
+}
+
+/// Feeds an index build every source row T sees, with source TIDs. Rows
+/// moved or deleted since are passed as dead, so a unique index does not
+/// count a row and its new local version twice.
+///
+/// # Safety
+/// `table` is a shadowed table, `index` and `info` its index being built.
+unsafe fn build_from_source_rows(
+    table: pg_sys::Relation,
+    index: pg_sys::Relation,
+    info: *mut pg_sys::IndexInfo,
+    callback: pg_sys::IndexBuildCallback,
+    state: *mut std::ffi::c_void,
+) -> f64 {
+    // SAFETY: guaranteed by the caller; every pinned buffer is released and
+    // the executor state freed before returning.
+    unsafe {
+        let Some(source) = source_of(table) else {
+            return 0.0;
+        };
+        let blocks = source_blocks(Some(source));
+        let t = clone_view::current()
+            .expect("a source implies a view")
+            .snapshot();
+        let hidden = tombstone::hidden_set(
+            crate::compat::relfilenode_of(table),
+            pg_sys::GetLatestSnapshot(),
+        );
+        let estate = pg_sys::CreateExecutorState();
+        let econtext = pg_sys::MakePerTupleExprContext(estate);
+        let slot = pg_sys::table_slot_create(table, std::ptr::null_mut());
+        (*econtext).ecxt_scantuple = slot;
+        let predicate = pg_sys::ExecPrepareQual((*info).ii_Predicate, estate);
+        let mut values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
+        let mut isnull = [false; pg_sys::INDEX_MAX_KEYS as usize];
+        let mut offsets = [0u16; MAX_TUPLES_PER_PAGE];
+        let callback = callback.expect("index builds pass a callback");
+        let mut rows = 0.0;
+        for block in 0..blocks {
+            pgrx::check_for_interrupts!();
+            let buffer = heap_page::read(source, block, std::ptr::null_mut());
+            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+            let (count, _) =
+                heap_page::collect_visible(buffer, block, (*table).rd_id, t, &mut offsets);
+            pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+            for &offset in &offsets[..count] {
+                let tid_block = block + clone_view::SOURCE_BLOCK_BASE;
+                let mut tuple = heap_page::tuple_at(buffer, tid_block, offset, (*table).rd_id);
+                crate::compat::store_buffer_tuple(&mut tuple, slot, buffer);
+                pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+                if !exec_qual(predicate, econtext) {
+                    continue;
+                }
+                pg_sys::FormIndexDatum(
+                    info,
+                    slot,
+                    estate,
+                    values.as_mut_ptr(),
+                    isnull.as_mut_ptr(),
+                );
+                let mut tid = clone_view::source_tid(block, offset);
+                let alive = hidden.binary_search(&(block, offset)).is_err();
+                pg_call!(callback(
+                    index,
+                    &mut tid,
+                    values.as_mut_ptr(),
+                    isnull.as_mut_ptr(),
+                    alive,
+                    state
+                ));
+                rows += 1.0;
+            }
+            clear_slot(slot);
+            pg_sys::ReleaseBuffer(buffer);
+        }
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::FreeExecutorState(estate);
+        rows
+    }
+}
+
+/// Index builds: source rows first (for a shadowed table), then heapam's
+/// own build scan of the local heap, on a heap view.
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn index_build_range_scan(
@@ -1164,10 +1526,23 @@ unsafe extern "C-unwind" fn index_build_range_scan(
     scan: pg_sys::TableScanDesc,
 ) -> f64 {
     // SAFETY: as above; a caller-provided scan (parallel builds) is never
-    // one of ours, as shadowed tables get no parallel plans.
+    // one of ours, as shadowed tables get no parallel builds.
     unsafe {
+        if BUILDING_EMPTY.with(|b| b.get()) {
+            if !scan.is_null() {
+                pg_sys::table_endscan(scan);
+            }
+            return 0.0;
+        }
+        let mut rows = 0.0;
         if is_shadowed(table) {
-            refuse("index", table)
+            let relam = (*(*index).rd_rel).relam;
+            let brin = relam == pg_sys::BRIN_AM_OID
+                || crate::indexam::wraps(relam) == Some(pg_sys::BRIN_AM_OID);
+            if brin || start != 0 || numblocks != pg_sys::InvalidBlockNumber || !scan.is_null() {
+                refuse("build a BRIN or parallel index on", table)
+            }
+            rows += build_from_source_rows(table, index, info, callback, state);
         }
         let view = heap_view(table);
         // A parallel build hands over a heapam scan it began on the table
@@ -1180,7 +1555,7 @@ unsafe extern "C-unwind" fn index_build_range_scan(
             (*scan).rs_rd = view.rel;
         }
         let build = heap().index_build_range_scan.expect("heapam builds");
-        let tuples = pg_call!(build(
+        rows += pg_call!(build(
             view.rel, index, info, allow_sync, anyvisible, progress, start, numblocks, callback,
             state, scan
         ));
@@ -1188,10 +1563,12 @@ unsafe extern "C-unwind" fn index_build_range_scan(
             pg_sys::RelationDecrementReferenceCount(table);
         }
         view.close();
-        tuples
+        rows
     }
 }
 
+/// CREATE INDEX CONCURRENTLY's second pass: source rows never change, and
+/// the build indexed every one, so only the local heap has rows to add.
 #[pg_guard]
 unsafe extern "C-unwind" fn index_validate_scan(
     table: pg_sys::Relation,
@@ -1202,9 +1579,6 @@ unsafe extern "C-unwind" fn index_validate_scan(
 ) {
     // SAFETY: as above.
     unsafe {
-        if is_shadowed(table) {
-            refuse("index", table)
-        }
         let view = heap_view(table);
         let validate = heap().index_validate_scan.expect("heapam validates");
         pg_call!(validate(view.rel, index, info, snapshot, state));
@@ -1220,14 +1594,7 @@ unsafe extern "C-unwind" fn tuple_insert(
     options: std::ffi::c_int,
     bistate: *mut pg_sys::BulkInsertStateData,
 ) {
-    // SAFETY: as above.
-    unsafe {
-        heap_unless_shadowed!(
-            rel,
-            "insert into",
-            tuple_insert(rel, slot, cid, options, bistate)
-        )
-    }
+    local_heap!(tuple_insert(rel, slot, cid, options, bistate))
 }
 
 #[pg_guard]
@@ -1239,14 +1606,9 @@ unsafe extern "C-unwind" fn tuple_insert_speculative(
     bistate: *mut pg_sys::BulkInsertStateData,
     spec_token: u32,
 ) {
-    // SAFETY: as above.
-    unsafe {
-        heap_unless_shadowed!(
-            rel,
-            "insert into",
-            tuple_insert_speculative(rel, slot, cid, options, bistate, spec_token)
-        )
-    }
+    local_heap!(tuple_insert_speculative(
+        rel, slot, cid, options, bistate, spec_token
+    ))
 }
 
 #[pg_guard]
@@ -1258,16 +1620,11 @@ unsafe extern "C-unwind" fn multi_insert(
     options: std::ffi::c_int,
     bistate: *mut pg_sys::BulkInsertStateData,
 ) {
-    // SAFETY: as above.
-    unsafe {
-        heap_unless_shadowed!(
-            rel,
-            "insert into",
-            multi_insert(rel, slots, nslots, cid, options, bistate)
-        )
-    }
+    local_heap!(multi_insert(rel, slots, nslots, cid, options, bistate))
 }
 
+/// TRUNCATE (and rewrites) give the table new, empty, local storage; with
+/// it the table stops reading its source.
 #[pg_guard]
 unsafe extern "C-unwind" fn relation_set_new_filenode(
     rel: pg_sys::Relation,
@@ -1276,20 +1633,18 @@ unsafe extern "C-unwind" fn relation_set_new_filenode(
     freeze_xid: *mut pg_sys::TransactionId,
     minmulti: *mut pg_sys::MultiXactId,
 ) {
-    // SAFETY: as above.
-    unsafe {
-        heap_unless_shadowed!(
-            rel,
-            "truncate or rewrite",
-            relation_set_new_filenode(rel, newrnode, persistence, freeze_xid, minmulti)
-        )
-    }
+    local_heap!(relation_set_new_filenode(
+        rel,
+        newrnode,
+        persistence,
+        freeze_xid,
+        minmulti
+    ))
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn relation_nontransactional_truncate(rel: pg_sys::Relation) {
-    // SAFETY: as above.
-    unsafe { heap_unless_shadowed!(rel, "truncate", relation_nontransactional_truncate(rel)) }
+    local_heap!(relation_nontransactional_truncate(rel))
 }
 
 #[pg_guard]
@@ -1302,6 +1657,8 @@ unsafe extern "C-unwind" fn relation_copy_data(
 }
 
 /// VACUUM FULL and CLUSTER: heapam's rewrite, reading through a heap view.
+/// A shadowed table's rows are partly the source's, which a rewrite would
+/// have to judge for every snapshot still running in the clone; refused.
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn relation_copy_for_cluster(
@@ -1319,7 +1676,7 @@ unsafe extern "C-unwind" fn relation_copy_for_cluster(
     // SAFETY: as above.
     unsafe {
         if is_shadowed(old_table) {
-            refuse("rewrite", old_table)
+            refuse("VACUUM FULL or CLUSTER", old_table)
         }
         let view = heap_view(old_table);
         let copy = heap().relation_copy_for_cluster.expect("heapam rewrites");
@@ -1339,26 +1696,16 @@ unsafe extern "C-unwind" fn relation_copy_for_cluster(
     }
 }
 
-/// VACUUM (and autovacuum). A plain heap's goes to heapam. A shadowed
-/// table's local heap is all there is to vacuum, and while nothing writes
-/// locally it stays empty, so there is nothing to do; anything else is
-/// refused rather than half-done.
+/// VACUUM (and autovacuum): heapam's, of the local heap. The source's rows
+/// are the source's to vacuum; tombstones live in `cow.tombstone`, an
+/// ordinary table that is vacuumed as one.
 #[pg_guard]
 unsafe extern "C-unwind" fn relation_vacuum(
     rel: pg_sys::Relation,
     params: *mut pg_sys::VacuumParams,
     bstrategy: pg_sys::BufferAccessStrategy,
 ) {
-    // SAFETY: rel is a valid open relation; its main fork exists.
-    unsafe {
-        if !is_shadowed(rel) {
-            let vacuum = heap().relation_vacuum.expect("heapam vacuums");
-            return pg_call!(vacuum(rel, params, bstrategy));
-        }
-        if local_blocks(rel) != 0 {
-            refuse("vacuum", rel)
-        }
-    }
+    local_heap!(relation_vacuum(rel, params, bstrategy))
 }
 
 /// The routine lives for the life of the process, as PostgreSQL requires.

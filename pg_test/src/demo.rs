@@ -120,13 +120,16 @@ pub fn run(pg: &PgInstall) -> Result<()> {
         lookup.replace('\n', "\n   ")
     ));
     let mut branch = cluster.connect("staging")?;
-    let write = match branch.simple_query("UPDATE pgbench_accounts SET abalance = 0 WHERE aid = 1")
-    {
-        Ok(_) => "it was not refused".to_string(),
-        Err(e) => Error::from(e).to_string(),
-    };
+    branch.batch_execute(
+        "UPDATE pgbench_accounts SET abalance = abalance + 100 WHERE aid = 5000;
+         DELETE FROM pgbench_accounts WHERE aid = 5001;
+         INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 5000, 100, now())",
+    )?;
+    let written = "SELECT format('account 5000 balance %s, account 5001 %s, %s history rows', (SELECT abalance FROM pgbench_accounts WHERE aid = 5000), (SELECT CASE WHEN count(*) = 0 THEN 'gone' ELSE 'present' END FROM pgbench_accounts WHERE aid = 5001), (SELECT count(*) FROM pgbench_history))";
     step(&format!(
-        "Not built yet: copy-on-write (issue #5). UPDATE of a shadowed table in staging says so rather than half-working:\n   ERROR: {write}"
+        "Writes in staging copy a row on its first write; prod never changes (UPDATE +100, DELETE, INSERT in staging):\n   staging: {}\n   prod:    {}",
+        one(&cluster, "staging", written)?,
+        one(&cluster, "prod", written)?
     ));
     drop(branch);
 

@@ -393,7 +393,7 @@ fn cursors_samples_analyze_explain_large_objects_and_parallel_plans_work() {
 }
 
 #[test]
-fn writes_to_shadowed_tables_refuse_and_reads_leave_the_source_untouched() {
+fn rewrites_of_shadowed_tables_refuse_and_reads_leave_the_source_untouched() {
     let cluster = start_test_cluster(|_| {}).unwrap();
     cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
     cluster
@@ -434,15 +434,9 @@ fn writes_to_shadowed_tables_refuse_and_reads_leave_the_source_untouched() {
     );
 
     let mut clone = cluster.connect("staging").unwrap();
-    for sql in [
-        "INSERT INTO t VALUES (5000, 'x')",
-        "UPDATE t SET v = 'y' WHERE i = 1",
-        "DELETE FROM t WHERE i = 1",
-        "SELECT * FROM t WHERE i = 1 FOR UPDATE",
-        "TRUNCATE t",
-        "CREATE INDEX ON t (v)",
-        "VACUUM FULL t",
-    ] {
+    // Rewriting a shadowed table in place would judge source rows for every
+    // snapshot still open in the clone: refused (writes are tested in write.rs).
+    for sql in ["VACUUM FULL t", "CLUSTER t USING t_pkey"] {
         let error = clone.batch_execute(sql).unwrap_err();
         assert_eq!(sqlstate(&error), "0A000", "{sql}: {error}");
     }

@@ -1,0 +1,349 @@
+//! Tombstones: how a clone records its writes to source rows, which it
+//! never changes.
+//!
+//! Each write to a source row X inserts one row in `cow.tombstone`, in the
+//! writing transaction, so it is as durable and as visible as the write:
+//!
+//! * `m` (moved): X was updated; its new version is the local row `successor`.
+//! * `d` (deleted): X was deleted.
+//! * `l` (locked): X was row-locked; it stays visible. The record exists so
+//!   that other writers of X wait for the locker, as they wait for a heap
+//!   row's xmax.
+//!
+//! A snapshot sees X unless it sees a moved or deleted tombstone for X; the
+//! successor carries the same xmin and command id as its tombstone, so every
+//! snapshot sees exactly one of the two. Writers of X serialize on X's
+//! heavyweight tuple lock while they decide, then on the deciding
+//! transaction, as heapam writers do.
+
+use std::sync::OnceLock;
+
+use pgrx::pg_sys;
+use pgrx::PgSqlErrorCode;
+
+use crate::error::CowError;
+
+pub const MOVED: u8 = b'm';
+pub const DELETED: u8 = b'd';
+pub const LOCKED: u8 = b'l';
+
+/// Attribute numbers of `cow.tombstone`.
+const ATT_RELFILENODE: i16 = 1;
+const ATT_SOURCE_TID: i16 = 2;
+const ATT_KIND: i16 = 3;
+const ATT_SUCCESSOR: i16 = 4;
+
+/// `cow.tombstone` and its index, looked up once per backend (a backend's
+/// database never changes).
+fn relation_oids() -> (pg_sys::Oid, pg_sys::Oid) {
+    static OIDS: OnceLock<(u32, u32)> = OnceLock::new();
+    let (table, index) = *OIDS.get_or_init(|| {
+        // SAFETY: catalog lookups by name inside a transaction.
+        unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"cow".as_ptr(), true);
+            let table = pg_sys::get_relname_relid(c"tombstone".as_ptr(), namespace);
+            let index = pg_sys::get_relname_relid(c"tombstone_source".as_ptr(), namespace);
+            if table == pg_sys::InvalidOid || index == pg_sys::InvalidOid {
+                CowError::new(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    "table cow.tombstone is missing in this clone",
+                )
+                .hint("The source's cowclone extension predates writable clones; update it with ALTER EXTENSION cowclone UPDATE and clone again.")
+                .raise();
+            }
+            (u32::from(table), u32::from(index))
+        }
+    });
+    (pg_sys::Oid::from(table), pg_sys::Oid::from(index))
+}
+
+/// One tombstone as a writer or reader sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Tombstone {
+    pub kind: u8,
+    pub successor: pg_sys::ItemPointerData,
+    pub xmin: pg_sys::TransactionId,
+    pub cmin: pg_sys::CommandId,
+    /// Written by this transaction.
+    pub own: bool,
+    /// Written by another transaction still running.
+    pub in_progress: bool,
+}
+
+/// Whether any tombstone exists at all: the common case for a clone only
+/// read from, checked before every per-row lookup.
+pub fn none_written() -> bool {
+    let (table, _) = relation_oids();
+    // SAFETY: the table exists (checked above); an AccessShareLock is enough to size it.
+    unsafe {
+        let rel = pg_sys::relation_open(table, pg_sys::AccessShareLock as i32);
+        let blocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
+        blocks == 0
+    }
+}
+
+fn dirty_snapshot() -> pg_sys::SnapshotData {
+    // SAFETY: SnapshotData is plain data; a zeroed one with the dirty type is
+    // what InitDirtySnapshot makes.
+    let mut snapshot: pg_sys::SnapshotData = unsafe { std::mem::zeroed() };
+    snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+    snapshot
+}
+
+/// Tombstones of one source relation the snapshot sees, with `tid` or all.
+///
+/// # Safety
+/// Inside a transaction; `snapshot` valid.
+unsafe fn scan(
+    relfilenode: pg_sys::Oid,
+    tid: Option<&pg_sys::ItemPointerData>,
+    snapshot: pg_sys::Snapshot,
+    mut each: impl FnMut(Tombstone),
+) {
+    let (table, index) = relation_oids();
+    // SAFETY: guaranteed by the caller; the scan keys point at values that
+    // outlive the scan.
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut keys[0],
+            ATT_RELFILENODE,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_OIDEQ),
+            pg_sys::Datum::from(relfilenode),
+        );
+        let mut wanted = tid.copied().unwrap_or(std::mem::zeroed());
+        pg_sys::ScanKeyInit(
+            &mut keys[1],
+            ATT_SOURCE_TID,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_TIDEQ),
+            pg_sys::Datum::from(&raw mut wanted),
+        );
+        let nkeys = if tid.is_some() { 2 } else { 1 };
+        let is_dirty = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let sscan =
+            pg_sys::systable_beginscan(rel, index, true, snapshot, nkeys, keys.as_mut_ptr());
+        loop {
+            let tuple = pg_sys::systable_getnext(sscan);
+            if tuple.is_null() {
+                break;
+            }
+            let mut isnull = false;
+            let desc = (*rel).rd_att;
+            let kind = pg_sys::heap_getattr(tuple, ATT_KIND as i32, desc, &mut isnull);
+            let successor = pg_sys::heap_getattr(tuple, ATT_SUCCESSOR as i32, desc, &mut isnull);
+            let header = (*tuple).t_data;
+            let xmin = (*header).t_choice.t_heap.t_xmin;
+            let in_progress = is_dirty && (*snapshot).xmin != pg_sys::InvalidTransactionId;
+            each(Tombstone {
+                kind: kind.value() as u8,
+                successor: *(successor.cast_mut_ptr::<pg_sys::ItemPointerData>()),
+                xmin,
+                cmin: (*header).t_choice.t_heap.t_field3.t_cid,
+                own: pg_sys::TransactionIdIsCurrentTransactionId(xmin),
+                in_progress,
+            });
+        }
+        pg_sys::systable_endscan(sscan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    }
+}
+
+/// Every tombstone of `tid` a writer must know of: committed ones, this
+/// transaction's, and other running transactions' (in_progress).
+///
+/// # Safety
+/// Inside a transaction.
+pub unsafe fn for_writer(
+    relfilenode: pg_sys::Oid,
+    tid: &pg_sys::ItemPointerData,
+) -> Vec<Tombstone> {
+    let mut dirty = dirty_snapshot();
+    let mut found = Vec::new();
+    // SAFETY: guaranteed by the caller.
+    unsafe { scan(relfilenode, Some(tid), &mut dirty, |t| found.push(t)) };
+    found
+}
+
+/// What a snapshot makes of a source row T sees.
+pub enum Verdict {
+    Visible,
+    Hidden,
+    /// Visible, being deleted or moved by this running transaction (what a
+    /// dirty snapshot reports as the row's xmax).
+    BeingChanged(pg_sys::TransactionId),
+}
+
+/// Whether `snapshot` sees the source row `tid` (which T sees).
+///
+/// # Safety
+/// Inside a transaction; `snapshot` valid.
+pub unsafe fn judge(
+    relfilenode: pg_sys::Oid,
+    tid: &pg_sys::ItemPointerData,
+    snapshot: pg_sys::Snapshot,
+) -> Verdict {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        use pg_sys::SnapshotType::*;
+        let kind = (*snapshot).snapshot_type;
+        if matches!(
+            kind,
+            SNAPSHOT_ANY | SNAPSHOT_TOAST | SNAPSHOT_NON_VACUUMABLE | SNAPSHOT_HISTORIC_MVCC
+        ) || none_written()
+        {
+            return Verdict::Visible;
+        }
+        if kind == SNAPSHOT_DIRTY {
+            let mut verdict = Verdict::Visible;
+            for t in for_writer(relfilenode, tid) {
+                if t.kind == LOCKED {
+                    continue;
+                }
+                if t.in_progress {
+                    verdict = Verdict::BeingChanged(t.xmin);
+                } else {
+                    return Verdict::Hidden;
+                }
+            }
+            return verdict;
+        }
+        let mut hidden = false;
+        scan(relfilenode, Some(tid), snapshot, |t| {
+            hidden |= t.kind != LOCKED
+        });
+        if hidden {
+            Verdict::Hidden
+        } else {
+            Verdict::Visible
+        }
+    }
+}
+
+/// Source TIDs (file block, offset) of one relation that `snapshot` does
+/// not see, sorted, for scans that visit whole pages.
+///
+/// # Safety
+/// Inside a transaction; `snapshot` valid.
+pub unsafe fn hidden_set(relfilenode: pg_sys::Oid, snapshot: pg_sys::Snapshot) -> Vec<(u32, u16)> {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        use pg_sys::SnapshotType::*;
+        let kind = (*snapshot).snapshot_type;
+        if matches!(
+            kind,
+            SNAPSHOT_ANY | SNAPSHOT_TOAST | SNAPSHOT_NON_VACUUMABLE | SNAPSHOT_HISTORIC_MVCC
+        ) || none_written()
+        {
+            return Vec::new();
+        }
+        let mut own_dirty = dirty_snapshot();
+        let judged = if kind == SNAPSHOT_DIRTY {
+            &raw mut own_dirty
+        } else {
+            snapshot
+        };
+        let mut hidden = Vec::new();
+        keys_of(relfilenode, judged, &mut hidden);
+        hidden.sort_unstable();
+        hidden.dedup();
+        hidden
+    }
+}
+
+/// Keys (source TIDs in file terms) of moved and deleted tombstones a
+/// snapshot sees.
+///
+/// # Safety
+/// As for `scan`.
+unsafe fn keys_of(relfilenode: pg_sys::Oid, snapshot: pg_sys::Snapshot, out: &mut Vec<(u32, u16)>) {
+    let (table, index) = relation_oids();
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            ATT_RELFILENODE,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_OIDEQ),
+            pg_sys::Datum::from(relfilenode),
+        );
+        let is_dirty = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let sscan = pg_sys::systable_beginscan(rel, index, true, snapshot, 1, &mut key);
+        loop {
+            let tuple = pg_sys::systable_getnext(sscan);
+            if tuple.is_null() {
+                break;
+            }
+            if is_dirty && (*snapshot).xmin != pg_sys::InvalidTransactionId {
+                continue;
+            }
+            let mut isnull = false;
+            let desc = (*rel).rd_att;
+            let kind = pg_sys::heap_getattr(tuple, ATT_KIND as i32, desc, &mut isnull);
+            if kind.value() as u8 == LOCKED {
+                continue;
+            }
+            let tid = pg_sys::heap_getattr(tuple, ATT_SOURCE_TID as i32, desc, &mut isnull);
+            let tid = *(tid.cast_mut_ptr::<pg_sys::ItemPointerData>());
+            if let crate::clone_view::TidSpace::Source(block) = crate::clone_view::tid_space(&tid) {
+                out.push((block, tid.ip_posid));
+            }
+        }
+        pg_sys::systable_endscan(sscan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    }
+}
+
+/// Records a write to the source row `tid` in this transaction.
+///
+/// # Safety
+/// Inside a transaction that may write; the caller holds `tid`'s tuple lock.
+pub unsafe fn record(
+    relfilenode: pg_sys::Oid,
+    tid: &pg_sys::ItemPointerData,
+    kind: u8,
+    successor: Option<&pg_sys::ItemPointerData>,
+) {
+    let (table, _) = relation_oids();
+    // SAFETY: guaranteed by the caller; values outlive heap_form_tuple,
+    // which copies them.
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as i32);
+        let mut key = *tid;
+        let mut next = successor.copied().unwrap_or(*tid);
+        let mut values = [
+            pg_sys::Datum::from(relfilenode),
+            pg_sys::Datum::from(&raw mut key),
+            pg_sys::Datum::from(kind as i8),
+            pg_sys::Datum::from(&raw mut next),
+        ];
+        let mut nulls = [false; 4];
+        let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::CatalogTupleInsert(rel, tuple);
+        pg_sys::heap_freetuple(tuple);
+        pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
+    }
+}
+
+pgrx::extension_sql!(
+    r#"
+-- One row per write a clone made to a source row (see src/tombstone.rs).
+-- Empty outside clones; a clone gets its own, empty, at the clone point.
+CREATE TABLE cow.tombstone (
+    relfilenode oid NOT NULL,
+    source_tid tid NOT NULL,
+    kind "char" NOT NULL,
+    successor tid NOT NULL
+);
+CREATE INDEX tombstone_source ON cow.tombstone (relfilenode, source_tid);
+COMMENT ON TABLE cow.tombstone IS 'cowclone: writes a clone made to its source''s rows (moved, deleted, locked)';
+REVOKE ALL ON cow.tombstone FROM PUBLIC;
+"#,
+    name = "tombstone_table",
+    requires = ["require_preloaded_at_create"],
+);
