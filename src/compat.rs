@@ -202,6 +202,11 @@ unsafe extern "C" {
         buffer: pg_sys::Buffer,
     ) -> *mut pg_sys::TupleTableSlot;
     fn PredicateLockRelation(relation: pg_sys::Relation, snapshot: pg_sys::Snapshot);
+    fn find_all_inheritors(
+        parent: pg_sys::Oid,
+        lockmode: std::ffi::c_int,
+        parents: *mut *mut pg_sys::List,
+    ) -> *mut pg_sys::List;
     fn CheckForSerializableConflictIn(
         relation: pg_sys::Relation,
         tid: pg_sys::ItemPointer,
@@ -248,6 +253,19 @@ pub unsafe fn store_buffer_tuple(
 pub unsafe fn predicate_lock_relation(rel: pg_sys::Relation, snapshot: pg_sys::Snapshot) {
     // SAFETY: guaranteed by the caller.
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| PredicateLockRelation(rel, snapshot)) }
+}
+
+/// A table and all its partitions and inheritance children (no new locks).
+///
+/// # Safety
+/// Inside a transaction.
+pub unsafe fn table_and_inheritors(table: pg_sys::Oid) -> *mut pg_sys::List {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            find_all_inheritors(table, pg_sys::NoLock as i32, std::ptr::null_mut())
+        })
+    }
 }
 
 /// A serializable transaction's check before writing a row (a no-op

@@ -311,7 +311,8 @@ unsafe fn build_as_wrapped(
     // and its caches live in its own context, freed with it.
     unsafe {
         let routine = wrapped_routine(index);
-        let wrapped = wraps((*(*index).rd_rel).relam).expect("a wrapper index");
+        let relam = (*(*index).rd_rel).relam;
+        let wrapped = wraps(relam).unwrap_or(relam);
         let copy = RelationCopy::new(index, c"cowclone wrapped build", std::ptr::null_mut());
         let rel = copy.rel;
         let form = pg_sys::MemoryContextAlloc(
@@ -476,9 +477,11 @@ unsafe fn wrapped_routine(index: pg_sys::Relation) -> &'static pg_sys::IndexAmRo
                 .to_string_lossy()
                 .into_owned()
         };
+        // A btree wrapper's descriptor may name btree itself (see
+        // read_hooks::btree_for_on_conflict).
         let wrapped = WRAPPED
             .iter()
-            .find(|(w, _, _)| *w == name)
+            .find(|(w, oid, _)| *w == name || pg_sys::Oid::from(*oid) == wrapper)
             .map(|(_, oid, _)| pg_sys::Oid::from(*oid))
             .unwrap_or_else(|| {
                 CowError::new(

@@ -79,11 +79,98 @@ unsafe extern "C-unwind" fn drop_partial_paths(
 
 /// No `#[pg_guard]`: see `hooks`.
 unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
+    // SAFETY: a valid query about to start.
+    unsafe { before_executor_start(query) };
     // SAFETY: the arguments go unchanged to the next hook or the standard
     // executor start; this frame holds plain values only.
     unsafe { hooks::pass_on_executor_start(PREVIOUS_EXECUTOR_START, query, eflags) };
     // SAFETY: the executor has just built the query's plan state.
     unsafe { after_executor_start(query) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn before_executor_start(query: *mut pg_sys::QueryDesc) {
+    if clone_view::current().is_some() {
+        // SAFETY: a planned statement whose relations the executor has locked.
+        unsafe { btree_for_on_conflict((*query).plannedstmt) };
+    }
+}
+
+/// `INSERT ... ON CONFLICT` insists that its unique indexes are btree
+/// (`BuildSpeculativeIndexInfo` checks the descriptor's access method, up
+/// to PostgreSQL 17). A `cow_btree` index is a btree in all but name, so
+/// the cached descriptors of the target's unique indexes (and its
+/// partitions') are given btree's name until the relcache rebuilds them;
+/// the wrapper's own callbacks, reached through the descriptor's routine,
+/// are unaffected.
+///
+/// # Safety
+/// `stmt` is a valid planned statement whose relations are locked.
+unsafe fn btree_for_on_conflict(stmt: *mut pg_sys::PlannedStmt) {
+    // SAFETY: guaranteed by the caller; relations are opened without new
+    // locks (the executor holds them) and closed again.
+    unsafe {
+        let plan = (*stmt).planTree;
+        if plan.is_null() || (*plan).type_ != pg_sys::NodeTag::T_ModifyTable {
+            return;
+        }
+        let modify = plan as *mut pg_sys::ModifyTable;
+        if (*modify).onConflictAction == pg_sys::OnConflictAction::ONCONFLICT_NONE {
+            return;
+        }
+        each_list_int((*modify).resultRelations, |rt_index| {
+            let entry =
+                pg_sys::list_nth((*stmt).rtable, rt_index - 1) as *mut pg_sys::RangeTblEntry;
+            let tables = crate::compat::table_and_inheritors((*entry).relid);
+            each_list_oid(tables, |table| {
+                let relation = pg_sys::RelationIdGetRelation(table);
+                if relation.is_null() {
+                    return;
+                }
+                let indexes = pg_sys::RelationGetIndexList(relation);
+                each_list_oid(indexes, |index| {
+                    let index = pg_sys::RelationIdGetRelation(index);
+                    if index.is_null() {
+                        return;
+                    }
+                    let form = (*index).rd_rel;
+                    if crate::indexam::wraps((*form).relam) == Some(pg_sys::BTREE_AM_OID) {
+                        (*form).relam = pg_sys::BTREE_AM_OID;
+                    }
+                    pg_sys::RelationClose(index);
+                });
+                pg_sys::RelationClose(relation);
+            });
+        });
+    }
+}
+
+/// # Safety
+/// `list` is an integer List or null.
+unsafe fn each_list_int(list: *mut pg_sys::List, mut each: impl FnMut(i32)) {
+    if list.is_null() {
+        return;
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        for i in 0..(*list).length.max(0) as usize {
+            each((*(*list).elements.add(i)).int_value);
+        }
+    }
+}
+
+/// # Safety
+/// `list` is an OID List or null.
+unsafe fn each_list_oid(list: *mut pg_sys::List, mut each: impl FnMut(pg_sys::Oid)) {
+    if list.is_null() {
+        return;
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        for i in 0..(*list).length.max(0) as usize {
+            each((*(*list).elements.add(i)).oid_value);
+        }
+    }
 }
 
 #[pg_guard]

@@ -788,8 +788,11 @@ unsafe fn classify_for_analyze(
             );
             scan.count = count;
             scan.max_offset = max;
+            // Rows the clone moved or deleted are not dead for VACUUM to
+            // find: they are the source's, and counting them would call
+            // autovacuum forever.
             let dropped = scan.drop_hidden();
-            return (count - dropped, dropped);
+            return (count - dropped, 0);
         }
         let max = crate::page::max_offset(heap_page::page_bytes(scan.buffer))
             .min(MAX_TUPLES_PER_PAGE) as u16;
@@ -1535,6 +1538,14 @@ unsafe extern "C-unwind" fn index_build_range_scan(
             return 0.0;
         }
         let mut rows = 0.0;
+        let mut scan = scan;
+        if !scan.is_null() && is_cow_scan(scan) {
+            // amcheck's heapallindexed check begins its own scan of the
+            // table (one of ours) for the build to use; ours reads both
+            // parts below, with the transaction's snapshot.
+            pg_sys::table_endscan(scan);
+            scan = std::ptr::null_mut();
+        }
         if is_shadowed(table) {
             let relam = (*(*index).rd_rel).relam;
             let brin = relam == pg_sys::BRIN_AM_OID

@@ -115,7 +115,11 @@ fn clone_reproduces_the_source_catalog() {
         rows(&cluster, "staging", "SELECT count(*) FROM app.everything"),
         rows(&cluster, "prod", "SELECT count(*) FROM app.everything")
     );
-    let prod_before = rows(&cluster, "prod", "SELECT count(*), sum(small) FROM app.everything");
+    let prod_before = rows(
+        &cluster,
+        "prod",
+        "SELECT count(*), sum(small) FROM app.everything",
+    );
     let mut clone = cluster.connect("staging").unwrap();
     clone
         .batch_execute(
@@ -125,11 +129,19 @@ fn clone_reproduces_the_source_catalog() {
         )
         .unwrap();
     assert_eq!(
-        rows(&cluster, "staging", "SELECT small FROM app.everything WHERE id = 3"),
+        rows(
+            &cluster,
+            "staging",
+            "SELECT small FROM app.everything WHERE id = 3"
+        ),
         ["1"]
     );
     assert_eq!(
-        rows(&cluster, "prod", "SELECT count(*), sum(small) FROM app.everything"),
+        rows(
+            &cluster,
+            "prod",
+            "SELECT count(*), sum(small) FROM app.everything"
+        ),
         prod_before
     );
     // Another session's temporary table stays that session's: no storage in the clone.
