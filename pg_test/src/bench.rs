@@ -453,6 +453,7 @@ fn write_docs(table: &str, summary: &str, machine: &str, results: &[Measurement]
     text.push_str(&rebuild_note(results));
     text.push('\n');
     text.push_str(&crate::bench_reads::current_section());
+    text.push_str(&crate::bench_writes::current_section());
     std::fs::write(docs.join("BENCHMARKS.md"), text)?;
     std::fs::write(docs.join("bench-clone-time.svg"), plot(results))?;
     Ok(())

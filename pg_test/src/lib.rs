@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_reads;
+pub mod bench_writes;
 pub mod cluster;
 pub mod demo;
 pub mod error;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use pg_test::bench::BenchOptions;
 use pg_test::bench_reads::{self, ReadBenchOptions};
+use pg_test::bench_writes::{self, WriteBenchOptions};
 use pg_test::cluster::{Cluster, ClusterConfig};
 use pg_test::extension::{build_and_install, Profile};
 use pg_test::install::{parse_major, PgInstall, DEFAULT_MAJOR};
@@ -21,6 +22,7 @@ fn usage() -> &'static str {
   test [--pg N] [--no-lint]               the whole suite
   bench [--scales 10,60,100] [--quick] [--pg N]
   bench --reads [--quick] [--pg N]
+  bench --writes [--quick] [--pg N]
                                           cowclone vs TEMPLATE vs pg_dump|pg_restore, as ratios"
 }
 
@@ -72,6 +74,7 @@ struct Flags {
     no_lint: bool,
     quick: bool,
     reads: bool,
+    writes: bool,
     scales: Option<Vec<u32>>,
 }
 
@@ -106,6 +109,7 @@ fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, 
             "--no-build" => flags.no_build = true,
             "--quick" => flags.quick = true,
             "--reads" => flags.reads = true,
+            "--writes" => flags.writes = true,
             "--scales" => {
                 let v = value()?;
                 let scales: Option<Vec<u32>> = v
@@ -162,7 +166,10 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
             )?)
         }
         "bench" => {
-            let flags = parse_flags(rest, &["--pg", "--quick", "--scales", "--reads"])?;
+            let flags = parse_flags(
+                rest,
+                &["--pg", "--quick", "--scales", "--reads", "--writes"],
+            )?;
             let pg = pg_of(&flags)?;
             setup::setup(&pg)?;
             if flags.reads {
@@ -172,6 +179,14 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
                     ReadBenchOptions::standard()
                 };
                 return Ok(bench_reads::run(&pg, &options)?);
+            }
+            if flags.writes {
+                let options = if flags.quick {
+                    WriteBenchOptions::quick()
+                } else {
+                    WriteBenchOptions::standard()
+                };
+                return Ok(bench_writes::run(&pg, &options)?);
             }
             let mut options = if flags.quick {
                 BenchOptions::quick()
