@@ -207,6 +207,12 @@ unsafe extern "C" {
         lockmode: std::ffi::c_int,
         parents: *mut *mut pg_sys::List,
     ) -> *mut pg_sys::List;
+    fn PredicateLockTID(
+        relation: pg_sys::Relation,
+        tid: pg_sys::ItemPointer,
+        snapshot: pg_sys::Snapshot,
+        tuple_xid: pg_sys::TransactionId,
+    );
     fn CheckForSerializableConflictIn(
         relation: pg_sys::Relation,
         tid: pg_sys::ItemPointer,
@@ -265,6 +271,24 @@ pub unsafe fn table_and_inheritors(table: pg_sys::Oid) -> *mut pg_sys::List {
         pg_sys::ffi::pg_guard_ffi_boundary(|| {
             find_all_inheritors(table, pg_sys::NoLock as i32, std::ptr::null_mut())
         })
+    }
+}
+
+/// A serializable transaction's read lock on one row, as heapam takes it
+/// for every row an index scan returns (a no-op outside SERIALIZABLE).
+///
+/// # Safety
+/// `rel` must be open; `tid` and `snapshot` valid.
+pub unsafe fn predicate_lock_row(
+    rel: pg_sys::Relation,
+    tid: &pg_sys::ItemPointerData,
+    snapshot: pg_sys::Snapshot,
+    xmin: pg_sys::TransactionId,
+) {
+    let mut tid = *tid;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| PredicateLockTID(rel, &mut tid, snapshot, xmin))
     }
 }
 

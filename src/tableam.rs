@@ -1126,7 +1126,14 @@ unsafe extern "C-unwind" fn index_fetch_tuple(
         pg_sys::LockBuffer(fetch.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         let found = found.filter(|tuple| {
             let member = clone_view::source_tid(block, tuple.t_self.ip_posid);
-            tombstones_allow(fetch.base.rel, &member, snapshot)
+            let visible = tombstones_allow(fetch.base.rel, &member, snapshot);
+            if visible && (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_MVCC {
+                // Named in the clone's TID space: the lock is the clone's, and
+                // a clone's write to the row checks exactly this target.
+                let xmin = (*tuple.t_data).t_choice.t_heap.t_xmin;
+                crate::compat::predicate_lock_row(fetch.base.rel, &member, snapshot, xmin);
+            }
+            visible
         });
         if let Some(tuple) = found {
             store_source_tuple(tuple, block, slot, fetch.buffer);
