@@ -793,3 +793,46 @@ fn a_crash_while_writing_in_a_clone_loses_only_uncommitted_work() {
     // Writing goes on after the restart.
     pgbench(&cluster, "staging", &["-n", "-c", "2", "-t", "100"]);
 }
+
+#[test]
+fn savepoints_and_cursors_write_source_rows_as_heap_does() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql(
+            "prod",
+            "CREATE EXTENSION cowclone; \
+             CREATE TABLE t (id int PRIMARY KEY, v int); \
+             INSERT INTO t SELECT g, g * 10 FROM generate_series(1, 50) g",
+        )
+        .unwrap();
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    let mut clone = cluster.connect("staging").unwrap();
+    clone
+        .batch_execute(
+            "BEGIN; \
+             SAVEPOINT a; UPDATE t SET v = -1 WHERE id = 20; DELETE FROM t WHERE id = 21; ROLLBACK TO SAVEPOINT a; \
+             UPDATE t SET v = v + 1 WHERE id = 20; \
+             DECLARE c CURSOR FOR SELECT id FROM t WHERE id BETWEEN 30 AND 32 ORDER BY id FOR UPDATE; \
+             FETCH 1 FROM c; UPDATE t SET v = 999 WHERE CURRENT OF c; \
+             FETCH 1 FROM c; DELETE FROM t WHERE CURRENT OF c; \
+             DECLARE d CURSOR FOR SELECT id FROM t WHERE id = 40; \
+             FETCH 1 FROM d; UPDATE t SET v = 1 WHERE id = 40; UPDATE t SET v = v + 1 WHERE CURRENT OF d; \
+             COMMIT",
+        )
+        .unwrap();
+    assert_eq!(
+        rows(
+            &cluster,
+            "staging",
+            "SELECT string_agg(format('%s=%s', id, v), ',' ORDER BY id) FROM t WHERE id IN (20, 21, 30, 31, 32, 40)"
+        ),
+        ["20=201,21=210,30=999,32=320,40=2"]
+    );
+    assert_eq!(
+        rows(&cluster, "prod", "SELECT count(*), sum(v) FROM t"),
+        ["50|12750"]
+    );
+}
