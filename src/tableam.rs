@@ -1317,8 +1317,9 @@ unsafe extern "C-unwind" fn tuple_delete(
     }
 }
 
-/// Locking a source row records a lock tombstone (other writers wait for
-/// this transaction); the row stays where it is. A row moved by a committed
+/// Locking a source row records a lock tombstone of the lock's mode (writers
+/// whose modes conflict wait for this transaction, others do not); the row
+/// stays where it is. A row moved by a committed
 /// transaction is followed into the local heap when asked to.
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
@@ -1349,7 +1350,7 @@ unsafe extern "C-unwind" fn tuple_lock(
             ));
         }
         (*tmfd).traversed = false;
-        match writes::claim(rel, &*tid, cid, wait_policy, Operation::Lock, tmfd) {
+        match writes::claim(rel, &*tid, cid, wait_policy, Operation::Lock(mode), tmfd) {
             Claim::Granted {
                 tuple_lock,
                 locked_by_us,
@@ -1358,7 +1359,7 @@ unsafe extern "C-unwind" fn tuple_lock(
                     tombstone::record(
                         crate::compat::relfilenode_of(rel),
                         &*tid,
-                        tombstone::LOCKED,
+                        tombstone::lock_kind(mode),
                         None,
                     );
                 }

@@ -6,9 +6,10 @@
 //!
 //! * `m` (moved): X was updated; its new version is the local row `successor`.
 //! * `d` (deleted): X was deleted.
-//! * `l` (locked): X was row-locked; it stays visible. The record exists so
-//!   that other writers of X wait for the locker, as they wait for a heap
-//!   row's xmax.
+//! * a row lock, one kind per heapam lock mode: `k` (FOR KEY SHARE), `s`
+//!   (FOR SHARE), `n` (FOR NO KEY UPDATE), `l` (FOR UPDATE). X stays visible.
+//!   The record exists so that other writers of X wait for the locker when
+//!   their modes conflict, as they wait for a heap row's xmax.
 //!
 //! A snapshot sees X unless it sees a moved or deleted tombstone for X; the
 //! successor carries the same xmin and command id as its tombstone, so every
@@ -26,6 +27,34 @@ use crate::error::CowError;
 pub const MOVED: u8 = b'm';
 pub const DELETED: u8 = b'd';
 pub const LOCKED: u8 = b'l';
+const LOCK_KINDS: [(u8, pg_sys::LockTupleMode::Type); 4] = [
+    (b'k', pg_sys::LockTupleMode::LockTupleKeyShare),
+    (b's', pg_sys::LockTupleMode::LockTupleShare),
+    (b'n', pg_sys::LockTupleMode::LockTupleNoKeyExclusive),
+    (LOCKED, pg_sys::LockTupleMode::LockTupleExclusive),
+];
+
+/// The tombstone kind recording a row lock of `mode`.
+pub fn lock_kind(mode: pg_sys::LockTupleMode::Type) -> u8 {
+    LOCK_KINDS
+        .iter()
+        .find(|(_, m)| *m == mode)
+        .map_or(LOCKED, |(kind, _)| *kind)
+}
+
+/// The lock mode a tombstone kind records; moves and deletes hold X as
+/// FOR UPDATE does.
+pub fn lock_mode(kind: u8) -> pg_sys::LockTupleMode::Type {
+    LOCK_KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or(pg_sys::LockTupleMode::LockTupleExclusive, |(_, mode)| *mode)
+}
+
+/// Whether a tombstone kind is a row lock (the row stays visible).
+pub fn is_lock(kind: u8) -> bool {
+    LOCK_KINDS.iter().any(|(k, _)| *k == kind)
+}
 
 /// Attribute numbers of `cow.tombstone`.
 const ATT_RELFILENODE: i16 = 1;
@@ -200,7 +229,7 @@ pub unsafe fn judge(
         if kind == SNAPSHOT_DIRTY {
             let mut verdict = Verdict::Visible;
             for t in for_writer(relfilenode, tid) {
-                if t.kind == LOCKED {
+                if is_lock(t.kind) {
                     continue;
                 }
                 if t.in_progress {
@@ -213,7 +242,7 @@ pub unsafe fn judge(
         }
         let mut hidden = false;
         scan(relfilenode, Some(tid), snapshot, |t| {
-            hidden |= t.kind != LOCKED
+            hidden |= !is_lock(t.kind)
         });
         if hidden {
             Verdict::Hidden
@@ -285,7 +314,7 @@ unsafe fn keys_of(relfilenode: pg_sys::Oid, snapshot: pg_sys::Snapshot, out: &mu
             let mut isnull = false;
             let desc = (*rel).rd_att;
             let kind = pg_sys::heap_getattr(tuple, ATT_KIND as i32, desc, &mut isnull);
-            if kind.value() as u8 == LOCKED {
+            if is_lock(kind.value() as u8) {
                 continue;
             }
             let tid = pg_sys::heap_getattr(tuple, ATT_SOURCE_TID as i32, desc, &mut isnull);

@@ -14,7 +14,7 @@ use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 
 use crate::error::CowError;
-use crate::tombstone::{self, Tombstone, LOCKED, MOVED};
+use crate::tombstone::{self, Tombstone, MOVED};
 
 thread_local! {
     static LOCAL_SIZING: Cell<u32> = const { Cell::new(0) };
@@ -62,7 +62,21 @@ pub enum Claim {
 pub enum Operation {
     Update,
     Delete,
-    Lock,
+    Lock(pg_sys::LockTupleMode::Type),
+}
+
+/// heapam's row lock conflict table: whether holding `held` blocks `wanted`.
+fn conflicts(held: pg_sys::LockTupleMode::Type, wanted: pg_sys::LockTupleMode::Type) -> bool {
+    // LockTupleMode's values rank the modes: KEY SHARE 0 ... UPDATE 3.
+    let rank = |mode: pg_sys::LockTupleMode::Type| mode.min(3) as usize;
+    // Rows: held; columns: wanted (KEY SHARE, SHARE, NO KEY UPDATE, UPDATE).
+    const TABLE: [[bool; 4]; 4] = [
+        [false, false, false, true],
+        [false, false, true, true],
+        [false, true, true, true],
+        [true, true, true, true],
+    ];
+    TABLE[rank(held)][rank(wanted)]
 }
 
 impl Operation {
@@ -70,7 +84,16 @@ impl Operation {
         match self {
             Operation::Update => "update",
             Operation::Delete => "delete",
-            Operation::Lock => "lock",
+            Operation::Lock(_) => "lock",
+        }
+    }
+
+    /// Writes hold the row as FOR UPDATE does (heapam takes FOR NO KEY
+    /// UPDATE for updates that keep the key, which is not known here).
+    fn mode(self) -> pg_sys::LockTupleMode::Type {
+        match self {
+            Operation::Lock(mode) => mode,
+            _ => pg_sys::LockTupleMode::LockTupleExclusive,
         }
     }
 
@@ -78,7 +101,7 @@ impl Operation {
         match self {
             Operation::Update => pg_sys::XLTW_Oper::XLTW_Update,
             Operation::Delete => pg_sys::XLTW_Oper::XLTW_Delete,
-            Operation::Lock => pg_sys::XLTW_Oper::XLTW_Lock,
+            Operation::Lock(_) => pg_sys::XLTW_Oper::XLTW_Lock,
         }
     }
 }
@@ -120,16 +143,24 @@ pub unsafe fn claim(
         let mut tuple_lock = false;
         loop {
             let found = tombstone::for_writer(relfilenode, tid);
-            if let Some(done) = found.iter().find(|t| t.kind != LOCKED && !t.in_progress) {
+            let finished = |t: &&Tombstone| !tombstone::is_lock(t.kind) && !t.in_progress;
+            if let Some(done) = found.iter().find(finished) {
                 if tuple_lock {
                     pg_sys::UnlockTuple(rel, &mut tid_copy, pg_sys::ExclusiveLock as i32);
                 }
                 return decided(done, tid, cid, operation, tmfd);
             }
-            let locked_by_us = found.iter().any(|t| t.kind == LOCKED && t.own);
-            let running = found.iter().find(|t| t.in_progress).map(|t| t.xmin);
+            let wanted = operation.mode();
+            // This transaction's locks: one at least as strong covers the request.
+            let locked_by_us = found.iter().any(|t| {
+                t.own && tombstone::is_lock(t.kind) && tombstone::lock_mode(t.kind) >= wanted
+            });
+            let running = found
+                .iter()
+                .find(|t| t.in_progress && conflicts(tombstone::lock_mode(t.kind), wanted))
+                .map(|t| t.xmin);
             if locked_by_us && running.is_none() {
-                // Others wait for this transaction; no tuple lock is needed.
+                // No one can take a conflicting claim meanwhile: it would wait for us.
                 return Claim::Granted {
                     tuple_lock,
                     locked_by_us,

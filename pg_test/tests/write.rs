@@ -302,13 +302,34 @@ fn writers_of_one_row_wait_recheck_and_fail_as_heap_writers_do() {
             "prod",
             "CREATE EXTENSION cowclone; \
              CREATE TABLE t (id int PRIMARY KEY, v int); \
-             INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g",
+             INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g; \
+             CREATE TABLE child (id int PRIMARY KEY, t_id int REFERENCES t)",
         )
         .unwrap();
     cluster
         .psql("prod", "SELECT cow.clone('prod', 'staging')")
         .unwrap();
     let mut a = cluster.connect("staging").unwrap();
+
+    // Compatible row locks on an unwritten source row do not wait for each
+    // other (two foreign-key checks' FOR KEY SHARE); a conflicting one does.
+    a.batch_execute("BEGIN; INSERT INTO child VALUES (1, 9)")
+        .unwrap();
+    let mut other = cluster.connect("staging").unwrap();
+    other
+        .batch_execute(
+            "SET lock_timeout = '5s'; INSERT INTO child VALUES (2, 9); \
+             SELECT * FROM t WHERE id = 9 FOR SHARE",
+        )
+        .unwrap();
+    let error = other
+        .batch_execute("SET lock_timeout = '200ms'; SELECT * FROM t WHERE id = 9 FOR UPDATE")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "55P03", "{error}");
+    a.batch_execute("COMMIT").unwrap();
+    other
+        .batch_execute("RESET lock_timeout; UPDATE t SET v = 0 WHERE id = 9")
+        .unwrap();
 
     // READ COMMITTED: the second writer waits, then updates the newest version.
     a.batch_execute("BEGIN; UPDATE t SET v = v + 1 WHERE id = 1")
