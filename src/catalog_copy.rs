@@ -77,12 +77,19 @@ pub fn is_shadowed(oid: u32, kind: u8, persistence: u8, namespace: u32) -> bool 
         && matches!(kind, b'r' | b'm' | b't' | b'i')
 }
 
-/// The extension's own schema in the source (the cloning backend's
-/// database): its tables (the tombstones) are the clone's own from the start,
-/// copied as they are (empty outside clones), never shadowed.
-pub fn extension_namespace() -> u32 {
-    // SAFETY: a catalog lookup by name, inside the cloning transaction.
-    u32::from(unsafe { pg_sys::get_namespace_oid(c"cow".as_ptr(), true) })
+/// The extension's own schema in the source being cloned: its tables (the
+/// tombstones) are the clone's own from the start, copied as they are
+/// (empty outside clones), never shadowed. Read from the source's catalog,
+/// since `cow.clone` may run in another database. One clone at a time per
+/// backend, so a process-wide value is enough.
+static EXTENSION_NAMESPACE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+pub fn set_extension_namespace(oid: u32) {
+    EXTENSION_NAMESPACE.store(oid, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn extension_namespace() -> u32 {
+    EXTENSION_NAMESPACE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn is_copied_catalog(rel: &SourceRelation) -> bool {

@@ -187,6 +187,7 @@ fn shadowing_plan(
     source_name: &str,
 ) -> (Vec<SourceRelation>, AccessMethodSwitch) {
     let relations = source.relations(snapshot);
+    catalog_copy::set_extension_namespace(source.namespace_oid(&relations, snapshot, "cow"));
     let switch = access_method_switch(source, &relations, snapshot, source_name);
     check_supported(&relations, &switch);
     (relations, switch)

@@ -138,6 +138,9 @@ unsafe fn ensure_local_part(index: pg_sys::Relation, heap: pg_sys::Relation) {
         local_part_lock(index, pg_sys::ExclusiveLock, true);
         if local_blocks(index) == 0 {
             let info = pg_sys::BuildIndexInfo(index);
+            // Sized for the local heap (empty), not the source: hash
+            // indexes pre-allocate buckets by the table's size.
+            let _local = crate::writes::LocalSizing::enter();
             crate::tableam::with_empty_build_scans(|| build_as_wrapped(heap, index, info));
         }
         local_part_lock(index, pg_sys::ExclusiveLock, false);
@@ -266,6 +269,16 @@ unsafe fn unique_violation(
         }
         error.raise()
     }
+}
+
+/// Whether an index still has a source part (its own file is then its
+/// local part).
+///
+/// # Safety
+/// `index` must be a valid relation.
+pub unsafe fn is_shadowed_index(index: pg_sys::Relation) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe { is_shadowed(index) }
 }
 
 /// Whether an index still has a source part. One without (on a table

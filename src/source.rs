@@ -17,6 +17,7 @@ use crate::relmap::RelationMap;
 pub const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
 const PG_CLASS: u32 = 1259;
 const PG_AM: u32 = 2601;
+const PG_NAMESPACE: u32 = 2615;
 const PG_EXTENSION: u32 = 3079;
 
 /// One relation of the source's `pg_class` as of the clone point.
@@ -119,6 +120,31 @@ impl SourceDatabase {
             },
         );
         methods
+    }
+
+    /// The OID of the source's schema `name` as of the snapshot (0 if none).
+    pub fn namespace_oid(
+        &self,
+        relations: &[SourceRelation],
+        snapshot: pg_sys::Snapshot,
+        name: &str,
+    ) -> u32 {
+        let mut found = 0;
+        for_each_visible_tuple(
+            self.locator(filenode_of(relations, PG_NAMESPACE)),
+            PG_NAMESPACE,
+            snapshot,
+            |data| {
+                // SAFETY: a pg_namespace heap tuple's fixed-size part is a FormData_pg_namespace.
+                let form = unsafe {
+                    std::ptr::read_unaligned(data as *const pg_sys::FormData_pg_namespace)
+                };
+                if pgrx::name_data_to_str(&form.nspname) == name {
+                    found = u32::from(form.oid);
+                }
+            },
+        );
+        found
     }
 
     /// Names of the extensions installed in the source as of the snapshot.

@@ -286,12 +286,67 @@ impl CowScan {
                 snapshot,
                 &mut self.offsets,
             );
-            pg_sys::LockBuffer(self.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
             self.count = count;
             self.max_offset = max;
+            self.serializable_checks(snapshot, false);
+            pg_sys::LockBuffer(self.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         }
         self.drop_hidden();
         self.index = -1;
+    }
+
+    /// What heapam does for a serializable transaction reading a page: on a
+    /// local page, check every tuple for a conflict with its writer (heapam
+    /// checks invisible ones too); for row-by-row scans (bitmap), lock each
+    /// row kept, named by its clone TID (source rows' writers check exactly
+    /// that target).
+    ///
+    /// # Safety
+    /// The loaded buffer is pinned and share-locked; `count`/`offsets` hold
+    /// the visible tuples.
+    unsafe fn serializable_checks(&mut self, snapshot: pg_sys::Snapshot, lock_rows: bool) {
+        // SAFETY: guaranteed by the caller; offsets are checked against the
+        // page by normal_tuple_at.
+        unsafe {
+            if pg_sys::XactIsoLevel != pg_sys::XACT_SERIALIZABLE as i32
+                || snapshot.is_null()
+                || (*snapshot).snapshot_type != pg_sys::SnapshotType::SNAPSHOT_MVCC
+            {
+                return;
+            }
+            let rel = self.base.rs_rd;
+            if !self.from_source {
+                let max = crate::page::max_offset(heap_page::page_bytes(self.buffer))
+                    .min(MAX_TUPLES_PER_PAGE) as u16;
+                for offset in 1..=max {
+                    let Some(mut tuple) = heap_page::normal_tuple_at(
+                        self.buffer,
+                        self.file_block,
+                        offset,
+                        (*rel).rd_id,
+                    ) else {
+                        continue;
+                    };
+                    let visible = self.offsets[..self.count].contains(&offset);
+                    pg_sys::HeapCheckForSerializableConflictOut(
+                        visible,
+                        rel,
+                        &mut tuple,
+                        self.buffer,
+                        snapshot,
+                    );
+                }
+            }
+            if lock_rows {
+                for &offset in &self.offsets[..self.count] {
+                    let tuple =
+                        heap_page::tuple_at(self.buffer, self.tid_block, offset, (*rel).rd_id);
+                    let xmin = (*tuple.t_data).t_choice.t_heap.t_xmin;
+                    let tid = clone_view::make_tid(self.tid_block, offset);
+                    crate::compat::predicate_lock_row(rel, &tid, snapshot, xmin);
+                }
+            }
+        }
     }
 
     /// Stores the tuple at `self.index` in the slot.
@@ -614,8 +669,9 @@ unsafe extern "C-unwind" fn scan_bitmap_next_block(
             scan.count = count;
             scan.max_offset = max;
         }
-        pg_sys::LockBuffer(scan.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         scan.drop_hidden();
+        scan.serializable_checks(snapshot, true);
+        pg_sys::LockBuffer(scan.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         scan.index = -1;
         scan.count > 0
     }
@@ -983,14 +1039,30 @@ unsafe extern "C-unwind" fn tuple_get_latest_tid(
             return;
         }
         let rel = (*sscan).rs_rd;
-        let moved = tombstone::for_writer(crate::compat::relfilenode_of(rel), &*tid)
+        let relfilenode = crate::compat::relfilenode_of(rel);
+        // Only a move the scan's snapshot sees leads on, and only to a
+        // version it sees (heapam's rule: *tid changes to visible versions).
+        if !matches!(
+            tombstone::judge(relfilenode, &*tid, (*sscan).rs_snapshot),
+            Verdict::Hidden
+        ) {
+            return;
+        }
+        let moved = tombstone::for_writer(relfilenode, &*tid)
             .into_iter()
             .find(|t| t.kind == tombstone::MOVED && !t.in_progress);
         if let Some(moved) = moved {
             let mut successor = moved.successor;
             let _local = LocalSizing::enter();
             pg_call!(latest(sscan, &mut successor));
-            *tid = successor;
+            let mut slot_tid = successor;
+            let fetch = heap().tuple_fetch_row_version.expect("heapam fetches");
+            let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+            let visible = pg_call!(fetch(rel, &mut slot_tid, (*sscan).rs_snapshot, slot));
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            if visible {
+                *tid = successor;
+            }
         }
     }
 }
@@ -1209,10 +1281,15 @@ unsafe fn is_source_row(rel: pg_sys::Relation, tid: pg_sys::ItemPointer) -> bool
 ///
 /// # Safety
 /// `rel` open; the lock was taken by `writes::claim` on `tid`.
-unsafe fn release_claim(rel: pg_sys::Relation, tid: pg_sys::ItemPointer, tuple_lock: bool) {
+unsafe fn release_claim(
+    rel: pg_sys::Relation,
+    tid: pg_sys::ItemPointer,
+    tuple_lock: bool,
+    operation: Operation,
+) {
     if tuple_lock {
         // SAFETY: guaranteed by the caller.
-        unsafe { pg_sys::UnlockTuple(rel, tid, pg_sys::ExclusiveLock as i32) };
+        unsafe { pg_sys::UnlockTuple(rel, tid, operation.tuple_lock_mode()) };
     }
 }
 
@@ -1250,6 +1327,7 @@ unsafe extern "C-unwind" fn tuple_update(
             ));
         }
         crate::compat::serializable_conflict_in(rel, otid);
+        *lockmode = pg_sys::LockTupleMode::LockTupleExclusive;
         let policy = pg_sys::LockWaitPolicy::LockWaitBlock;
         match writes::claim(rel, &*otid, cid, policy, Operation::Update, tmfd) {
             Claim::Granted { tuple_lock, .. } => {
@@ -1259,8 +1337,9 @@ unsafe extern "C-unwind" fn tuple_update(
                     &*otid,
                     tombstone::MOVED,
                     Some(&(*slot).tts_tid),
+                    cid,
                 );
-                release_claim(rel, otid, tuple_lock);
+                release_claim(rel, otid, tuple_lock, Operation::Update);
                 *update_indexes = true;
                 *lockmode = pg_sys::LockTupleMode::LockTupleExclusive;
                 pg_sys::TM_Result::TM_Ok
@@ -1307,8 +1386,9 @@ unsafe extern "C-unwind" fn tuple_delete(
                     &*tid,
                     tombstone::DELETED,
                     moved.as_ref(),
+                    cid,
                 );
-                release_claim(rel, tid, tuple_lock);
+                release_claim(rel, tid, tuple_lock, Operation::Delete);
                 pg_sys::TM_Result::TM_Ok
             }
             Claim::Moved { .. } => pg_sys::TM_Result::TM_Updated,
@@ -1361,9 +1441,10 @@ unsafe extern "C-unwind" fn tuple_lock(
                         &*tid,
                         tombstone::lock_kind(mode),
                         None,
+                        cid,
                     );
                 }
-                release_claim(rel, tid, tuple_lock);
+                release_claim(rel, tid, tuple_lock, Operation::Lock(mode));
                 let any = &raw mut pg_sys::SnapshotAnyData;
                 if !tuple_fetch_row_version(rel, tid, any, slot) {
                     CowError::new(
@@ -1515,6 +1596,10 @@ unsafe fn build_from_source_rows(
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::FreeExecutorState(estate);
+        // FormIndexDatum cached compiled expressions in the freed state;
+        // heapam's pass over the local heap must compile its own.
+        (*info).ii_ExpressionsState = std::ptr::null_mut();
+        (*info).ii_PredicateState = std::ptr::null_mut();
         rows
     }
 }
@@ -1554,7 +1639,10 @@ unsafe extern "C-unwind" fn index_build_range_scan(
             pg_sys::table_endscan(scan);
             scan = std::ptr::null_mut();
         }
-        if is_shadowed(table) {
+        // A wrapper index's local part covers local rows only (BRIN's
+        // summarization asks for block ranges of it).
+        let local_part_only = crate::indexam::is_shadowed_index(index);
+        if is_shadowed(table) && !local_part_only {
             let relam = (*(*index).rd_rel).relam;
             let brin = relam == pg_sys::BRIN_AM_OID
                 || crate::indexam::wraps(relam) == Some(pg_sys::BRIN_AM_OID);

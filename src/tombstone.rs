@@ -240,15 +240,40 @@ pub unsafe fn judge(
             }
             return verdict;
         }
-        let mut hidden = false;
-        scan(relfilenode, Some(tid), snapshot, |t| {
-            hidden |= !is_lock(t.kind)
-        });
+        let hidden = for_writer(relfilenode, tid)
+            .iter()
+            .any(|t| !is_lock(t.kind) && sees(snapshot, t.xmin, t.cmin, t.own, t.in_progress));
         if hidden {
             Verdict::Hidden
         } else {
             Verdict::Visible
         }
+    }
+}
+
+/// Whether an MVCC (or self) snapshot sees a tombstone found by a dirty
+/// scan, decided here rather than by scanning with the snapshot itself: an
+/// MVCC index scan of `cow.tombstone` would take serializable read locks on
+/// its pages, and every unrelated tombstone insert would then conflict.
+///
+/// # Safety
+/// `snapshot` valid.
+unsafe fn sees(
+    snapshot: pg_sys::Snapshot,
+    xmin: pg_sys::TransactionId,
+    cmin: pg_sys::CommandId,
+    own: bool,
+    in_progress: bool,
+) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_SELF {
+            return !in_progress;
+        }
+        if own {
+            return cmin < (*snapshot).curcid;
+        }
+        !in_progress && !pg_sys::XidInMVCCSnapshot(xmin, snapshot)
     }
 }
 
@@ -269,26 +294,31 @@ pub unsafe fn hidden_set(relfilenode: pg_sys::Oid, snapshot: pg_sys::Snapshot) -
         {
             return Vec::new();
         }
-        let mut own_dirty = dirty_snapshot();
-        let judged = if kind == SNAPSHOT_DIRTY {
-            &raw mut own_dirty
-        } else {
-            snapshot
-        };
+        let dirty = kind == SNAPSHOT_DIRTY;
         let mut hidden = Vec::new();
-        keys_of(relfilenode, judged, &mut hidden);
+        keys_of(relfilenode, &mut hidden, |xmin, cmin, own, in_progress| {
+            if dirty {
+                !in_progress
+            } else {
+                sees(snapshot, xmin, cmin, own, in_progress)
+            }
+        });
         hidden.sort_unstable();
         hidden.dedup();
         hidden
     }
 }
 
-/// Keys (source TIDs in file terms) of moved and deleted tombstones a
-/// snapshot sees.
+/// Keys (source TIDs in file terms) of a relation's moved and deleted
+/// tombstones that `counts` accepts, read with a dirty snapshot.
 ///
 /// # Safety
-/// As for `scan`.
-unsafe fn keys_of(relfilenode: pg_sys::Oid, snapshot: pg_sys::Snapshot, out: &mut Vec<(u32, u16)>) {
+/// Inside a transaction.
+unsafe fn keys_of(
+    relfilenode: pg_sys::Oid,
+    out: &mut Vec<(u32, u16)>,
+    counts: impl Fn(pg_sys::TransactionId, pg_sys::CommandId, bool, bool) -> bool,
+) {
     let (table, index) = relation_oids();
     // SAFETY: guaranteed by the caller.
     unsafe {
@@ -301,20 +331,25 @@ unsafe fn keys_of(relfilenode: pg_sys::Oid, snapshot: pg_sys::Snapshot, out: &mu
             pg_sys::Oid::from(pg_sys::F_OIDEQ),
             pg_sys::Datum::from(relfilenode),
         );
-        let is_dirty = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY;
-        let sscan = pg_sys::systable_beginscan(rel, index, true, snapshot, 1, &mut key);
+        let mut dirty = dirty_snapshot();
+        let sscan = pg_sys::systable_beginscan(rel, index, true, &mut dirty, 1, &mut key);
         loop {
             let tuple = pg_sys::systable_getnext(sscan);
             if tuple.is_null() {
                 break;
             }
-            if is_dirty && (*snapshot).xmin != pg_sys::InvalidTransactionId {
-                continue;
-            }
+            let in_progress = dirty.xmin != pg_sys::InvalidTransactionId;
             let mut isnull = false;
             let desc = (*rel).rd_att;
             let kind = pg_sys::heap_getattr(tuple, ATT_KIND as i32, desc, &mut isnull);
             if is_lock(kind.value() as u8) {
+                continue;
+            }
+            let header = (*tuple).t_data;
+            let xmin = (*header).t_choice.t_heap.t_xmin;
+            let cmin = (*header).t_choice.t_heap.t_field3.t_cid;
+            let own = pg_sys::TransactionIdIsCurrentTransactionId(xmin);
+            if !counts(xmin, cmin, own, in_progress) {
                 continue;
             }
             let tid = pg_sys::heap_getattr(tuple, ATT_SOURCE_TID as i32, desc, &mut isnull);
@@ -328,7 +363,9 @@ unsafe fn keys_of(relfilenode: pg_sys::Oid, snapshot: pg_sys::Snapshot, out: &mu
     }
 }
 
-/// Records a write to the source row `tid` in this transaction.
+/// Records a write to the source row `tid` in this transaction, with the
+/// writing statement's command id (the new row version's), so a snapshot
+/// sees both or neither, whatever advanced the command counter meanwhile.
 ///
 /// # Safety
 /// Inside a transaction that may write; the caller holds `tid`'s tuple lock.
@@ -337,12 +374,14 @@ pub unsafe fn record(
     tid: &pg_sys::ItemPointerData,
     kind: u8,
     successor: Option<&pg_sys::ItemPointerData>,
+    cid: pg_sys::CommandId,
 ) {
-    let (table, _) = relation_oids();
+    let (table, index) = relation_oids();
     // SAFETY: guaranteed by the caller; values outlive heap_form_tuple,
-    // which copies them.
+    // which copies them, and index_insert, which forms its own tuple.
     unsafe {
         let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as i32);
+        let index_rel = pg_sys::index_open(index, pg_sys::RowExclusiveLock as i32);
         let mut key = *tid;
         let mut next = successor.copied().unwrap_or(*tid);
         let mut values = [
@@ -353,8 +392,20 @@ pub unsafe fn record(
         ];
         let mut nulls = [false; 4];
         let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::CatalogTupleInsert(rel, tuple);
+        pg_sys::heap_insert(rel, tuple, cid, 0, std::ptr::null_mut());
+        let info = pg_sys::BuildIndexInfo(index_rel);
+        pg_sys::index_insert(
+            index_rel,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            &mut (*tuple).t_self,
+            rel,
+            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO,
+            false,
+            info,
+        );
         pg_sys::heap_freetuple(tuple);
+        pg_sys::index_close(index_rel, pg_sys::RowExclusiveLock as i32);
         pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
     }
 }

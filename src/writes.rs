@@ -88,6 +88,20 @@ impl Operation {
         }
     }
 
+    /// The heavyweight tuple lock heapam takes for this mode while it
+    /// decides (its tupleLockExtraInfo): compatible row locks do not queue
+    /// behind each other.
+    pub fn tuple_lock_mode(self) -> i32 {
+        // Indexed by LockTupleMode: KEY SHARE, SHARE, NO KEY UPDATE, UPDATE.
+        const MODES: [u32; 4] = [
+            pg_sys::AccessShareLock,
+            pg_sys::RowShareLock,
+            pg_sys::ExclusiveLock,
+            pg_sys::AccessExclusiveLock,
+        ];
+        MODES[self.mode().min(3) as usize] as i32
+    }
+
     /// Writes hold the row as FOR UPDATE does (heapam takes FOR NO KEY
     /// UPDATE for updates that keep the key, which is not known here).
     fn mode(self) -> pg_sys::LockTupleMode::Type {
@@ -146,7 +160,7 @@ pub unsafe fn claim(
             let finished = |t: &&Tombstone| !tombstone::is_lock(t.kind) && !t.in_progress;
             if let Some(done) = found.iter().find(finished) {
                 if tuple_lock {
-                    pg_sys::UnlockTuple(rel, &mut tid_copy, pg_sys::ExclusiveLock as i32);
+                    pg_sys::UnlockTuple(rel, &mut tid_copy, operation.tuple_lock_mode());
                 }
                 return decided(done, tid, cid, operation, tmfd);
             }
@@ -167,7 +181,7 @@ pub unsafe fn claim(
                 };
             }
             if !tuple_lock {
-                if !acquire_tuple_lock(rel, &mut tid_copy, policy) {
+                if !acquire_tuple_lock(rel, &mut tid_copy, policy, operation.tuple_lock_mode()) {
                     return Claim::Result(pg_sys::TM_Result::TM_WouldBlock);
                 }
                 tuple_lock = true;
@@ -185,7 +199,7 @@ pub unsafe fn claim(
                 }
                 _ => {
                     if !pg_sys::ConditionalXactLockTableWait(xid) {
-                        pg_sys::UnlockTuple(rel, &mut tid_copy, pg_sys::ExclusiveLock as i32);
+                        pg_sys::UnlockTuple(rel, &mut tid_copy, operation.tuple_lock_mode());
                         if policy == pg_sys::LockWaitPolicy::LockWaitSkip {
                             return Claim::Result(pg_sys::TM_Result::TM_WouldBlock);
                         }
@@ -203,10 +217,10 @@ unsafe fn acquire_tuple_lock(
     rel: pg_sys::Relation,
     tid: &mut pg_sys::ItemPointerData,
     policy: pg_sys::LockWaitPolicy::Type,
+    mode: i32,
 ) -> bool {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let mode = pg_sys::ExclusiveLock as i32;
         match policy {
             pg_sys::LockWaitPolicy::LockWaitBlock => {
                 pg_sys::LockTuple(rel, tid, mode);
@@ -235,6 +249,9 @@ fn row_lock_unavailable(rel: pg_sys::Relation) -> ! {
 
 /// The outcome for a row a committed (or this) transaction already moved
 /// or deleted, as heapam reports it for a row version with that xmax.
+///
+/// # Safety
+/// `tmfd` must be valid.
 unsafe fn decided(
     tombstone: &Tombstone,
     tid: &pg_sys::ItemPointerData,
