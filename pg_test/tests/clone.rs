@@ -89,11 +89,21 @@ fn clone_reproduces_the_source_catalog() {
     catalog_checks_pass(&cluster, "staging");
 
     // Shadowed relations use cowclone's access methods; the rest is untouched.
+    // The extension's own tables (the tombstones) are the clone's, not shadowed.
     let ams = rows(
         &cluster,
         "staging",
         "SELECT DISTINCT c.relkind::text || ':' || a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam \
-         WHERE c.oid >= 16384 AND c.relkind IN ('r', 'm', 't', 'i') ORDER BY 1",
+         WHERE c.oid >= 16384 AND c.relkind IN ('r', 'm', 't', 'i') AND c.relnamespace <> 'cow'::regnamespace ORDER BY 1",
+    );
+    assert_eq!(
+        rows(
+            &cluster,
+            "staging",
+            "SELECT string_agg(c.relname || ':' || a.amname, ',' ORDER BY c.relname) FROM pg_class c \
+             JOIN pg_am a ON a.oid = c.relam WHERE c.relnamespace = 'cow'::regnamespace AND c.relkind IN ('r', 'i')",
+        ),
+        ["tombstone:heap,tombstone_source:btree"]
     );
     assert_eq!(
         ams,
