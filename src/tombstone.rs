@@ -197,6 +197,22 @@ pub unsafe fn for_writer(
     found
 }
 
+/// Snapshots that see every source row T sees whatever the clone wrote
+/// (any-row, TOAST, non-vacuumable), and every snapshot while no tombstone
+/// was ever written.
+///
+/// # Safety
+/// `snapshot` valid, inside a transaction.
+unsafe fn ignores_tombstones(snapshot: pg_sys::Snapshot) -> bool {
+    use pg_sys::SnapshotType::*;
+    // SAFETY: guaranteed by the caller.
+    let kind = unsafe { (*snapshot).snapshot_type };
+    matches!(
+        kind,
+        SNAPSHOT_ANY | SNAPSHOT_TOAST | SNAPSHOT_NON_VACUUMABLE | SNAPSHOT_HISTORIC_MVCC
+    ) || none_written()
+}
+
 /// What a snapshot makes of a source row T sees.
 pub enum Verdict {
     Visible,
@@ -217,16 +233,10 @@ pub unsafe fn judge(
 ) -> Verdict {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        use pg_sys::SnapshotType::*;
-        let kind = (*snapshot).snapshot_type;
-        if matches!(
-            kind,
-            SNAPSHOT_ANY | SNAPSHOT_TOAST | SNAPSHOT_NON_VACUUMABLE | SNAPSHOT_HISTORIC_MVCC
-        ) || none_written()
-        {
+        if ignores_tombstones(snapshot) {
             return Verdict::Visible;
         }
-        if kind == SNAPSHOT_DIRTY {
+        if (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY {
             let mut verdict = Verdict::Visible;
             for t in for_writer(relfilenode, tid) {
                 if is_lock(t.kind) {
@@ -285,16 +295,10 @@ unsafe fn sees(
 pub unsafe fn hidden_set(relfilenode: pg_sys::Oid, snapshot: pg_sys::Snapshot) -> Vec<(u32, u16)> {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        use pg_sys::SnapshotType::*;
-        let kind = (*snapshot).snapshot_type;
-        if matches!(
-            kind,
-            SNAPSHOT_ANY | SNAPSHOT_TOAST | SNAPSHOT_NON_VACUUMABLE | SNAPSHOT_HISTORIC_MVCC
-        ) || none_written()
-        {
+        if ignores_tombstones(snapshot) {
             return Vec::new();
         }
-        let dirty = kind == SNAPSHOT_DIRTY;
+        let dirty = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY;
         let mut hidden = Vec::new();
         keys_of(relfilenode, &mut hidden, |xmin, cmin, own, in_progress| {
             if dirty {

@@ -9,9 +9,9 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use crate::bench::median;
-use crate::cluster::{Cluster, ClusterConfig};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::extension::{build_and_install, workspace_root, Profile};
+use crate::extension::workspace_root;
 use crate::install::PgInstall;
 use crate::process::run_captured;
 
@@ -49,31 +49,7 @@ struct Side {
 }
 
 pub fn run(pg: &PgInstall, options: &ReadBenchOptions) -> Result<()> {
-    build_and_install(pg, Profile::Release)?;
-    let mut config = ClusterConfig::for_tests()?;
-    config.settings = vec![
-        "max_wal_size = 8GB".into(),
-        "checkpoint_timeout = 30min".into(),
-    ];
-    let cluster = Cluster::temporary(pg, config)?;
-    println!(
-        "read benchmark cluster: PostgreSQL {} in {}",
-        pg.major,
-        cluster.dir.display()
-    );
-
-    cluster.psql("postgres", "CREATE DATABASE prod")?;
-    run_captured(
-        cluster.client_command("pgbench", "prod").args([
-            "-i",
-            "-q",
-            "-s",
-            &options.scale.to_string(),
-        ]),
-        "pgbench -i",
-    )?;
-    cluster.psql("prod", "CREATE EXTENSION cowclone")?;
-    cluster.psql("prod", "VACUUM ANALYZE")?;
+    let cluster = crate::bench::pgbench_source_cluster(pg, options.scale, "read")?;
     cluster.psql("postgres", "CHECKPOINT")?;
     cluster.psql("prod", "SELECT cow.clone('prod', 'staging')")?;
     cluster.psql("staging", "ANALYZE")?;

@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use crate::bench::median;
-use crate::cluster::{Cluster, ClusterConfig};
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::extension::{build_and_install, workspace_root, Profile};
+use crate::extension::workspace_root;
 use crate::install::PgInstall;
 use crate::process::run_captured;
 
@@ -99,30 +99,7 @@ fn tpcb_tps(cluster: &Cluster, db: &str, seconds: u32) -> Result<(f64, i64)> {
 }
 
 pub fn run(pg: &PgInstall, options: &WriteBenchOptions) -> Result<()> {
-    build_and_install(pg, Profile::Release)?;
-    let mut config = ClusterConfig::for_tests()?;
-    config.settings = vec![
-        "max_wal_size = 8GB".into(),
-        "checkpoint_timeout = 30min".into(),
-    ];
-    let cluster = Cluster::temporary(pg, config)?;
-    println!(
-        "write benchmark cluster: PostgreSQL {} in {}",
-        pg.major,
-        cluster.dir.display()
-    );
-    cluster.psql("postgres", "CREATE DATABASE prod")?;
-    run_captured(
-        cluster.client_command("pgbench", "prod").args([
-            "-i",
-            "-q",
-            "-s",
-            &options.scale.to_string(),
-        ]),
-        "pgbench -i",
-    )?;
-    cluster.psql("prod", "CREATE EXTENSION cowclone")?;
-    cluster.psql("prod", "VACUUM ANALYZE")?;
+    let cluster = crate::bench::pgbench_source_cluster(pg, options.scale, "write")?;
     let source_bytes = stored_bytes(&cluster, "prod")?;
     cluster.psql("postgres", "CREATE DATABASE copy TEMPLATE prod")?;
     cluster.psql("prod", "SELECT cow.clone('prod', 'staging')")?;
