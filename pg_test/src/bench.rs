@@ -567,6 +567,34 @@ fn plot(results: &[Measurement]) -> String {
     svg
 }
 
+/// A throwaway cluster for the side-by-side benchmarks, with the release
+/// build installed and a pgbench source `prod` of `scale` (cowclone
+/// installed, vacuumed and analyzed).
+pub fn pgbench_source_cluster(pg: &PgInstall, scale: u32, purpose: &str) -> Result<Cluster> {
+    build_and_install(pg, Profile::Release)?;
+    let mut config = ClusterConfig::for_tests()?;
+    config.settings = vec![
+        "max_wal_size = 8GB".into(),
+        "checkpoint_timeout = 30min".into(),
+    ];
+    let cluster = Cluster::temporary(pg, config)?;
+    println!(
+        "{purpose} benchmark cluster: PostgreSQL {} in {}",
+        pg.major,
+        cluster.dir.display()
+    );
+    cluster.psql("postgres", "CREATE DATABASE prod")?;
+    run_captured(
+        cluster
+            .client_command("pgbench", "prod")
+            .args(["-i", "-q", "-s", &scale.to_string()]),
+        "pgbench -i",
+    )?;
+    cluster.psql("prod", "CREATE EXTENSION cowclone")?;
+    cluster.psql("prod", "VACUUM ANALYZE")?;
+    Ok(cluster)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,32 +658,4 @@ mod tests {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0]), 4.0);
     }
-}
-
-/// A throwaway cluster for the side-by-side benchmarks, with the release
-/// build installed and a pgbench source `prod` of `scale` (cowclone
-/// installed, vacuumed and analyzed).
-pub fn pgbench_source_cluster(pg: &PgInstall, scale: u32, purpose: &str) -> Result<Cluster> {
-    build_and_install(pg, Profile::Release)?;
-    let mut config = ClusterConfig::for_tests()?;
-    config.settings = vec![
-        "max_wal_size = 8GB".into(),
-        "checkpoint_timeout = 30min".into(),
-    ];
-    let cluster = Cluster::temporary(pg, config)?;
-    println!(
-        "{purpose} benchmark cluster: PostgreSQL {} in {}",
-        pg.major,
-        cluster.dir.display()
-    );
-    cluster.psql("postgres", "CREATE DATABASE prod")?;
-    run_captured(
-        cluster
-            .client_command("pgbench", "prod")
-            .args(["-i", "-q", "-s", &scale.to_string()]),
-        "pgbench -i",
-    )?;
-    cluster.psql("prod", "CREATE EXTENSION cowclone")?;
-    cluster.psql("prod", "VACUUM ANALYZE")?;
-    Ok(cluster)
 }
