@@ -1042,15 +1042,10 @@ unsafe extern "C-unwind" fn tuple_get_latest_tid(
         let relfilenode = crate::compat::relfilenode_of(rel);
         // Only a move the scan's snapshot sees leads on, and only to a
         // version it sees (heapam's rule: *tid changes to visible versions).
-        if !matches!(
-            tombstone::judge(relfilenode, &*tid, (*sscan).rs_snapshot),
-            Verdict::Hidden
-        ) {
-            return;
-        }
+        let snapshot = (*sscan).rs_snapshot;
         let moved = tombstone::for_writer(relfilenode, &*tid)
             .into_iter()
-            .find(|t| t.kind == tombstone::MOVED && !t.in_progress);
+            .find(|t| t.kind == tombstone::MOVED && t.hides_for(snapshot));
         if let Some(moved) = moved {
             let mut successor = moved.successor;
             let _local = LocalSizing::enter();
@@ -1058,7 +1053,7 @@ unsafe extern "C-unwind" fn tuple_get_latest_tid(
             let mut slot_tid = successor;
             let fetch = heap().tuple_fetch_row_version.expect("heapam fetches");
             let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-            let visible = pg_call!(fetch(rel, &mut slot_tid, (*sscan).rs_snapshot, slot));
+            let visible = pg_call!(fetch(rel, &mut slot_tid, snapshot, slot));
             pg_sys::ExecDropSingleTupleTableSlot(slot);
             if visible {
                 *tid = successor;

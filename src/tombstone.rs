@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 
+use crate::clone_view::{tid_space, TidSpace};
 use crate::error::CowError;
 
 pub const MOVED: u8 = b'm';
@@ -89,6 +90,8 @@ fn relation_oids() -> (pg_sys::Oid, pg_sys::Oid) {
 /// One tombstone as a writer or reader sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct Tombstone {
+    /// The source row it is about.
+    pub source: pg_sys::ItemPointerData,
     pub kind: u8,
     pub successor: pg_sys::ItemPointerData,
     pub xmin: pg_sys::TransactionId,
@@ -120,14 +123,18 @@ fn dirty_snapshot() -> pg_sys::SnapshotData {
     snapshot
 }
 
-/// Tombstones of one source relation the snapshot sees, with `tid` or all.
+/// Every tombstone of one source relation, of the row `tid` or of all its
+/// rows, read with a dirty snapshot: committed ones, this transaction's, and
+/// other running transactions' (`in_progress`). Snapshots are applied by
+/// `Tombstone::seen_by`, not by scanning with them: an MVCC index scan of
+/// `cow.tombstone` would take serializable read locks on its pages, and
+/// every unrelated tombstone insert would then look like a conflict.
 ///
 /// # Safety
-/// Inside a transaction; `snapshot` valid.
+/// Inside a transaction.
 unsafe fn scan(
     relfilenode: pg_sys::Oid,
     tid: Option<&pg_sys::ItemPointerData>,
-    snapshot: pg_sys::Snapshot,
     mut each: impl FnMut(Tombstone),
 ) {
     let (table, index) = relation_oids();
@@ -152,28 +159,31 @@ unsafe fn scan(
             pg_sys::Datum::from(&raw mut wanted),
         );
         let nkeys = if tid.is_some() { 2 } else { 1 };
-        let is_dirty = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let mut dirty = dirty_snapshot();
         let sscan =
-            pg_sys::systable_beginscan(rel, index, true, snapshot, nkeys, keys.as_mut_ptr());
+            pg_sys::systable_beginscan(rel, index, true, &mut dirty, nkeys, keys.as_mut_ptr());
         loop {
             let tuple = pg_sys::systable_getnext(sscan);
             if tuple.is_null() {
                 break;
             }
-            let mut isnull = false;
             let desc = (*rel).rd_att;
-            let kind = pg_sys::heap_getattr(tuple, ATT_KIND as i32, desc, &mut isnull);
-            let successor = pg_sys::heap_getattr(tuple, ATT_SUCCESSOR as i32, desc, &mut isnull);
+            // Every column is NOT NULL.
+            let attribute = |number: i16| {
+                let mut isnull = false;
+                pg_sys::heap_getattr(tuple, number as i32, desc, &mut isnull)
+            };
             let header = (*tuple).t_data;
             let xmin = (*header).t_choice.t_heap.t_xmin;
-            let in_progress = is_dirty && (*snapshot).xmin != pg_sys::InvalidTransactionId;
             each(Tombstone {
-                kind: kind.value() as u8,
-                successor: *(successor.cast_mut_ptr::<pg_sys::ItemPointerData>()),
+                source: *attribute(ATT_SOURCE_TID).cast_mut_ptr::<pg_sys::ItemPointerData>(),
+                kind: attribute(ATT_KIND).value() as u8,
+                successor: *attribute(ATT_SUCCESSOR).cast_mut_ptr::<pg_sys::ItemPointerData>(),
                 xmin,
                 cmin: (*header).t_choice.t_heap.t_field3.t_cid,
                 own: pg_sys::TransactionIdIsCurrentTransactionId(xmin),
-                in_progress,
+                // A dirty snapshot learns a running inserter as its xmin.
+                in_progress: dirty.xmin != pg_sys::InvalidTransactionId,
             });
         }
         pg_sys::systable_endscan(sscan);
@@ -181,8 +191,7 @@ unsafe fn scan(
     }
 }
 
-/// Every tombstone of `tid` a writer must know of: committed ones, this
-/// transaction's, and other running transactions' (in_progress).
+/// Every tombstone of `tid` a writer must know of.
 ///
 /// # Safety
 /// Inside a transaction.
@@ -190,11 +199,41 @@ pub unsafe fn for_writer(
     relfilenode: pg_sys::Oid,
     tid: &pg_sys::ItemPointerData,
 ) -> Vec<Tombstone> {
-    let mut dirty = dirty_snapshot();
     let mut found = Vec::new();
     // SAFETY: guaranteed by the caller.
-    unsafe { scan(relfilenode, Some(tid), &mut dirty, |t| found.push(t)) };
+    unsafe { scan(relfilenode, Some(tid), |t| found.push(t)) };
     found
+}
+
+impl Tombstone {
+    /// Whether the tombstone moves or deletes its row for `snapshot`: a
+    /// move or delete the snapshot sees. Dirty and self snapshots see every
+    /// finished one (and this transaction's); MVCC snapshots this
+    /// transaction's from earlier commands and others' committed before
+    /// them. Any-row, TOAST and non-vacuumable snapshots see no tombstone.
+    ///
+    /// # Safety
+    /// `snapshot` valid.
+    pub unsafe fn hides_for(&self, snapshot: pg_sys::Snapshot) -> bool {
+        use pg_sys::SnapshotType::*;
+        if is_lock(self.kind) {
+            return false;
+        }
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            match (*snapshot).snapshot_type {
+                SNAPSHOT_MVCC => {
+                    if self.own {
+                        self.cmin < (*snapshot).curcid
+                    } else {
+                        !self.in_progress && !pg_sys::XidInMVCCSnapshot(self.xmin, snapshot)
+                    }
+                }
+                SNAPSHOT_SELF | SNAPSHOT_DIRTY => !self.in_progress,
+                _ => false,
+            }
+        }
+    }
 }
 
 /// Snapshots that see every source row T sees whatever the clone wrote
@@ -236,54 +275,15 @@ pub unsafe fn judge(
         if ignores_tombstones(snapshot) {
             return Verdict::Visible;
         }
-        if (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY {
-            let mut verdict = Verdict::Visible;
-            for t in for_writer(relfilenode, tid) {
-                if is_lock(t.kind) {
-                    continue;
-                }
-                if t.in_progress {
-                    verdict = Verdict::BeingChanged(t.xmin);
-                } else {
-                    return Verdict::Hidden;
-                }
-            }
-            return verdict;
+        let found = for_writer(relfilenode, tid);
+        if found.iter().any(|t| t.hides_for(snapshot)) {
+            return Verdict::Hidden;
         }
-        let hidden = for_writer(relfilenode, tid)
-            .iter()
-            .any(|t| !is_lock(t.kind) && sees(snapshot, t.xmin, t.cmin, t.own, t.in_progress));
-        if hidden {
-            Verdict::Hidden
-        } else {
-            Verdict::Visible
+        let dirty = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        match found.iter().find(|t| !is_lock(t.kind) && t.in_progress) {
+            Some(running) if dirty => Verdict::BeingChanged(running.xmin),
+            _ => Verdict::Visible,
         }
-    }
-}
-
-/// Whether an MVCC (or self) snapshot sees a tombstone found by a dirty
-/// scan, decided here rather than by scanning with the snapshot itself: an
-/// MVCC index scan of `cow.tombstone` would take serializable read locks on
-/// its pages, and every unrelated tombstone insert would then conflict.
-///
-/// # Safety
-/// `snapshot` valid.
-unsafe fn sees(
-    snapshot: pg_sys::Snapshot,
-    xmin: pg_sys::TransactionId,
-    cmin: pg_sys::CommandId,
-    own: bool,
-    in_progress: bool,
-) -> bool {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        if (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_SELF {
-            return !in_progress;
-        }
-        if own {
-            return cmin < (*snapshot).curcid;
-        }
-        !in_progress && !pg_sys::XidInMVCCSnapshot(xmin, snapshot)
     }
 }
 
@@ -298,72 +298,17 @@ pub unsafe fn hidden_set(relfilenode: pg_sys::Oid, snapshot: pg_sys::Snapshot) -
         if ignores_tombstones(snapshot) {
             return Vec::new();
         }
-        let dirty = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY;
         let mut hidden = Vec::new();
-        keys_of(relfilenode, &mut hidden, |xmin, cmin, own, in_progress| {
-            if dirty {
-                !in_progress
-            } else {
-                sees(snapshot, xmin, cmin, own, in_progress)
+        scan(relfilenode, None, |t| {
+            if t.hides_for(snapshot) {
+                if let TidSpace::Source(block) = tid_space(&t.source) {
+                    hidden.push((block, t.source.ip_posid));
+                }
             }
         });
         hidden.sort_unstable();
         hidden.dedup();
         hidden
-    }
-}
-
-/// Keys (source TIDs in file terms) of a relation's moved and deleted
-/// tombstones that `counts` accepts, read with a dirty snapshot.
-///
-/// # Safety
-/// Inside a transaction.
-unsafe fn keys_of(
-    relfilenode: pg_sys::Oid,
-    out: &mut Vec<(u32, u16)>,
-    counts: impl Fn(pg_sys::TransactionId, pg_sys::CommandId, bool, bool) -> bool,
-) {
-    let (table, index) = relation_oids();
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as i32);
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-        pg_sys::ScanKeyInit(
-            &mut key,
-            ATT_RELFILENODE,
-            pg_sys::BTEqualStrategyNumber as u16,
-            pg_sys::Oid::from(pg_sys::F_OIDEQ),
-            pg_sys::Datum::from(relfilenode),
-        );
-        let mut dirty = dirty_snapshot();
-        let sscan = pg_sys::systable_beginscan(rel, index, true, &mut dirty, 1, &mut key);
-        loop {
-            let tuple = pg_sys::systable_getnext(sscan);
-            if tuple.is_null() {
-                break;
-            }
-            let in_progress = dirty.xmin != pg_sys::InvalidTransactionId;
-            let mut isnull = false;
-            let desc = (*rel).rd_att;
-            let kind = pg_sys::heap_getattr(tuple, ATT_KIND as i32, desc, &mut isnull);
-            if is_lock(kind.value() as u8) {
-                continue;
-            }
-            let header = (*tuple).t_data;
-            let xmin = (*header).t_choice.t_heap.t_xmin;
-            let cmin = (*header).t_choice.t_heap.t_field3.t_cid;
-            let own = pg_sys::TransactionIdIsCurrentTransactionId(xmin);
-            if !counts(xmin, cmin, own, in_progress) {
-                continue;
-            }
-            let tid = pg_sys::heap_getattr(tuple, ATT_SOURCE_TID as i32, desc, &mut isnull);
-            let tid = *(tid.cast_mut_ptr::<pg_sys::ItemPointerData>());
-            if let crate::clone_view::TidSpace::Source(block) = crate::clone_view::tid_space(&tid) {
-                out.push((block, tid.ip_posid));
-            }
-        }
-        pg_sys::systable_endscan(sscan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
     }
 }
 

@@ -122,20 +122,15 @@ impl Operation {
 
 /// The TID heapam leaves in a row moved to another partition.
 pub fn moved_partitions_tid() -> pg_sys::ItemPointerData {
-    pg_sys::ItemPointerData {
-        ip_blkid: pg_sys::BlockIdData {
-            bi_hi: 0xFFFF,
-            bi_lo: 0xFFFF,
-        },
-        ip_posid: pg_sys::MovedPartitionsOffsetNumber as u16,
-    }
+    crate::clone_view::make_tid(
+        pg_sys::InvalidBlockNumber,
+        pg_sys::MovedPartitionsOffsetNumber as u16,
+    )
 }
 
 fn is_moved_partitions(tid: &pg_sys::ItemPointerData) -> bool {
-    let marker = moved_partitions_tid();
-    tid.ip_blkid.bi_hi == marker.ip_blkid.bi_hi
-        && tid.ip_blkid.bi_lo == marker.ip_blkid.bi_lo
-        && tid.ip_posid == marker.ip_posid
+    crate::clone_view::block_of(tid) == pg_sys::InvalidBlockNumber
+        && tid.ip_posid == pg_sys::MovedPartitionsOffsetNumber as u16
 }
 
 /// Claims the source row `tid` for a write.
