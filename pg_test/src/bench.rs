@@ -98,19 +98,7 @@ struct Measurement {
 }
 
 pub fn run(pg: &PgInstall, options: &BenchOptions) -> Result<()> {
-    build_and_install(pg, Profile::Release)?;
-    let mut config = ClusterConfig::for_tests()?;
-    // Durability as in production: every method pays for its fsyncs.
-    config.settings = vec![
-        "max_wal_size = 8GB".into(),
-        "checkpoint_timeout = 30min".into(),
-    ];
-    let cluster = Cluster::temporary(pg, config)?;
-    println!(
-        "benchmark cluster: PostgreSQL {} in {}",
-        pg.major,
-        cluster.dir.display()
-    );
+    let cluster = benchmark_cluster(pg, "creation")?;
 
     let mut results = Vec::new();
     for scale in &options.scales {
@@ -330,8 +318,16 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-fn mb(bytes: i64) -> String {
+pub fn mb(bytes: i64) -> String {
     format!("{:.1} MB", bytes as f64 / 1_048_576.0)
+}
+
+/// One integer a query returns.
+pub fn number(cluster: &Cluster, db: &str, sql: &str) -> Result<i64> {
+    let out = cluster.psql(db, sql)?;
+    out.trim()
+        .parse()
+        .map_err(|_| Error(format!("not a number: {out}")))
 }
 
 fn render_table(results: &[Measurement]) -> String {
@@ -567,10 +563,9 @@ fn plot(results: &[Measurement]) -> String {
     svg
 }
 
-/// A throwaway cluster for the side-by-side benchmarks, with the release
-/// build installed and a pgbench source `prod` of `scale` (cowclone
-/// installed, vacuumed and analyzed).
-pub fn pgbench_source_cluster(pg: &PgInstall, scale: u32, purpose: &str) -> Result<Cluster> {
+/// A throwaway cluster for a benchmark, with the release build installed.
+/// Durability as in production (fsync on): every side pays for its fsyncs.
+pub fn benchmark_cluster(pg: &PgInstall, label: &str) -> Result<Cluster> {
     build_and_install(pg, Profile::Release)?;
     let mut config = ClusterConfig::for_tests()?;
     config.settings = vec![
@@ -579,10 +574,17 @@ pub fn pgbench_source_cluster(pg: &PgInstall, scale: u32, purpose: &str) -> Resu
     ];
     let cluster = Cluster::temporary(pg, config)?;
     println!(
-        "{purpose} benchmark cluster: PostgreSQL {} in {}",
+        "{label} benchmark cluster: PostgreSQL {} in {}",
         pg.major,
         cluster.dir.display()
     );
+    Ok(cluster)
+}
+
+/// A benchmark cluster with a pgbench source `prod` of `scale` (cowclone
+/// installed, vacuumed and analyzed), for the side-by-side benchmarks.
+pub fn pgbench_source_cluster(pg: &PgInstall, scale: u32, label: &str) -> Result<Cluster> {
+    let cluster = benchmark_cluster(pg, label)?;
     cluster.psql("postgres", "CREATE DATABASE prod")?;
     run_captured(
         cluster
@@ -593,6 +595,35 @@ pub fn pgbench_source_cluster(pg: &PgInstall, scale: u32, purpose: &str) -> Resu
     cluster.psql("prod", "CREATE EXTENSION cowclone")?;
     cluster.psql("prod", "VACUUM ANALYZE")?;
     Ok(cluster)
+}
+
+/// The part of docs/BENCHMARKS.md between two markers (inclusive), as it
+/// stands, for the creation benchmark to keep when it rewrites the file.
+pub fn docs_section(start_marker: &str, end_marker: &str) -> String {
+    let path = workspace_root().join("docs/BENCHMARKS.md");
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    match (existing.find(start_marker), existing.find(end_marker)) {
+        (Some(start), Some(end)) => existing[start..end + end_marker.len()].to_string() + "\n",
+        _ => String::new(),
+    }
+}
+
+/// Replaces the part of docs/BENCHMARKS.md between two markers with
+/// `section` (which carries the markers), or appends it.
+pub fn replace_docs_section(start_marker: &str, end_marker: &str, section: &str) -> Result<()> {
+    let path = workspace_root().join("docs/BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let text = match (existing.find(start_marker), existing.find(end_marker)) {
+        (Some(start), Some(end)) => format!(
+            "{}{}{}",
+            &existing[..start],
+            section.trim_end_matches('\n'),
+            &existing[end + end_marker.len()..]
+        ),
+        _ => format!("{}\n\n{}", existing.trim_end(), section),
+    };
+    std::fs::write(path, text)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,10 +8,9 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::bench::median;
+use crate::bench::{median, number};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::extension::workspace_root;
 use crate::install::PgInstall;
 use crate::process::run_captured;
 
@@ -169,13 +168,6 @@ fn select_only_tps(cluster: &Cluster, db: &str, seconds: u32) -> Result<f64> {
         .ok_or_else(|| Error(format!("unexpected pgbench line: {line}")))
 }
 
-fn number(cluster: &Cluster, db: &str, sql: &str) -> Result<i64> {
-    let out = cluster.psql(db, sql)?;
-    out.trim()
-        .parse()
-        .map_err(|_| Error(format!("not a number: {out}")))
-}
-
 fn mb(bytes: i64) -> String {
     format!("{:.0} MB", bytes as f64 / 1_048_576.0)
 }
@@ -185,8 +177,6 @@ pub const SECTION_END: &str = "<!-- /reads -->";
 
 /// Replaces the reads section of docs/BENCHMARKS.md, leaving the rest.
 fn write_docs(table: &str, wal: i64, options: &ReadBenchOptions) -> Result<()> {
-    let path = workspace_root().join("docs/BENCHMARKS.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
     let mut section = String::new();
     let _ = write!(
         section,
@@ -202,25 +192,10 @@ fn write_docs(table: &str, wal: i64, options: &ReadBenchOptions) -> Result<()> {
          docs/ARCHITECTURE.md, the same benchmark measured 0.61x (full scan) and 0.80x (`pgbench -S`).\n{SECTION_END}\n",
         options.scale, options.runs
     );
-    let text = match (existing.find(SECTION_START), existing.find(SECTION_END)) {
-        (Some(start), Some(end)) => format!(
-            "{}{}{}",
-            &existing[..start],
-            section.trim_end_matches('\n'),
-            &existing[end + SECTION_END.len()..]
-        ),
-        _ => format!("{}\n{}", existing.trim_end(), section),
-    };
-    std::fs::write(path, text)?;
-    Ok(())
+    crate::bench::replace_docs_section(SECTION_START, SECTION_END, &section)
 }
 
 /// The reads section as it stands, for the creation benchmark to keep.
 pub fn current_section() -> String {
-    let path = workspace_root().join("docs/BENCHMARKS.md");
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
-    match (existing.find(SECTION_START), existing.find(SECTION_END)) {
-        (Some(start), Some(end)) => existing[start..end + SECTION_END.len()].to_string() + "\n",
-        _ => String::new(),
-    }
+    crate::bench::docs_section(SECTION_START, SECTION_END)
 }

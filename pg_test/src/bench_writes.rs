@@ -5,10 +5,9 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use crate::bench::median;
+use crate::bench::{mb, median, number};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::extension::workspace_root;
 use crate::install::PgInstall;
 use crate::process::run_captured;
 
@@ -184,23 +183,10 @@ pub fn run(pg: &PgInstall, options: &WriteBenchOptions) -> Result<()> {
     Ok(())
 }
 
-fn number(cluster: &Cluster, db: &str, sql: &str) -> Result<i64> {
-    let out = cluster.psql(db, sql)?;
-    out.trim()
-        .parse()
-        .map_err(|_| Error(format!("not a number: {out}")))
-}
-
-fn mb(bytes: i64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
-}
-
 pub const SECTION_START: &str = "<!-- writes: written by `bench --writes` -->";
 pub const SECTION_END: &str = "<!-- /writes -->";
 
 fn write_docs(table: &str, sizes: &str, options: &WriteBenchOptions) -> Result<()> {
-    let path = workspace_root().join("docs/BENCHMARKS.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
     let mut section = String::new();
     let _ = write!(
         section,
@@ -214,25 +200,10 @@ fn write_docs(table: &str, sizes: &str, options: &WriteBenchOptions) -> Result<(
          copy. TPC-B runs alternate copy and clone.\n\n{table}\n{sizes}\n{SECTION_END}\n",
         options.scale, options.rows
     );
-    let text = match (existing.find(SECTION_START), existing.find(SECTION_END)) {
-        (Some(start), Some(end)) => format!(
-            "{}{}{}",
-            &existing[..start],
-            section.trim_end_matches('\n'),
-            &existing[end + SECTION_END.len()..]
-        ),
-        _ => format!("{}\n\n{}", existing.trim_end(), section),
-    };
-    std::fs::write(path, text)?;
-    Ok(())
+    crate::bench::replace_docs_section(SECTION_START, SECTION_END, &section)
 }
 
 /// The writes section as it stands, for the creation benchmark to keep.
 pub fn current_section() -> String {
-    let path = workspace_root().join("docs/BENCHMARKS.md");
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
-    match (existing.find(SECTION_START), existing.find(SECTION_END)) {
-        (Some(start), Some(end)) => existing[start..end + SECTION_END.len()].to_string() + "\n",
-        _ => String::new(),
-    }
+    crate::bench::docs_section(SECTION_START, SECTION_END)
 }
