@@ -2,19 +2,13 @@
 //! of the clone point, creation never disturbs the source, and every refusal
 //! leaves nothing behind.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 mod common;
 
-use common::{catalog_checks_pass, footprint, normalized_dump, rows, sqlstate};
-use pg_test::extension::workspace_root;
+use common::{catalog_checks_pass, footprint, normalized_dump, rich_schema, rows, sqlstate};
 use pg_test::{start_test_cluster, Cluster};
-
-fn rich_schema() -> PathBuf {
-    workspace_root().join("pg_test/sql/rich_schema.sql")
-}
 
 /// A cluster with database `prod` holding the rich schema and cowclone.
 fn cluster_with_rich_source() -> Cluster {

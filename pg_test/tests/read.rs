@@ -3,17 +3,11 @@
 //! whatever the source does afterwards.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 mod common;
 
-use common::{rows, sqlstate};
-use pg_test::extension::workspace_root;
+use common::{contents, rich_schema, rows, sqlstate};
 use pg_test::{start_test_cluster, Cluster};
-
-fn rich_schema() -> PathBuf {
-    workspace_root().join("pg_test/sql/rich_schema.sql")
-}
 
 /// Plan settings under which every query must give the same rows.
 const PLAN_SHAPES: [(&str, &str); 5] = [
@@ -60,16 +54,6 @@ fn tables(cluster: &Cluster, db: &str) -> Vec<String> {
         db,
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = 'app' AND c.relkind IN ('r', 'm', 'p') ORDER BY 1",
-    )
-}
-
-/// A table's full contents, each row as text, sorted (the order of rows is
-/// not part of a table's contents).
-fn contents(cluster: &Cluster, db: &str, table: &str, settings: &str) -> Vec<String> {
-    rows(
-        cluster,
-        db,
-        &format!("{settings} SELECT t::text FROM {table} t ORDER BY 1"),
     )
 }
 

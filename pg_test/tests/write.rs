@@ -7,19 +7,13 @@
 //! of the clone must then hold exactly what the copy holds.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{rows, sqlstate};
-use pg_test::extension::workspace_root;
+use common::{contents, rich_schema, rows, sqlstate};
 use pg_test::{start_test_cluster, Cluster};
-
-fn rich_schema() -> PathBuf {
-    workspace_root().join("pg_test/sql/rich_schema.sql")
-}
 
 fn tables(cluster: &Cluster, db: &str) -> Vec<String> {
     rows(
@@ -27,15 +21,6 @@ fn tables(cluster: &Cluster, db: &str) -> Vec<String> {
         db,
         "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname IN ('app', 'public') AND c.relkind IN ('r', 'm', 'p') ORDER BY 1",
-    )
-}
-
-/// A table's full contents, each row as text, sorted.
-fn contents(cluster: &Cluster, db: &str, table: &str, settings: &str) -> Vec<String> {
-    rows(
-        cluster,
-        db,
-        &format!("{settings} SELECT t::text FROM {table} t ORDER BY 1"),
     )
 }
 

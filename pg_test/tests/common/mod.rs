@@ -2,8 +2,9 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use pg_test::extension::workspace_root;
 use pg_test::Cluster;
 
 pub fn rows(cluster: &Cluster, db: &str, sql: &str) -> Vec<String> {
@@ -13,6 +14,22 @@ pub fn rows(cluster: &Cluster, db: &str, sql: &str) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// The schema with one column of each common type, every index kind,
+/// partitions, inheritance, TOAST values and more, that several tests clone.
+pub fn rich_schema() -> PathBuf {
+    workspace_root().join("pg_test/sql/rich_schema.sql")
+}
+
+/// A table's full contents, each row as text, sorted (the order of rows is
+/// not part of a table's contents).
+pub fn contents(cluster: &Cluster, db: &str, table: &str, settings: &str) -> Vec<String> {
+    rows(
+        cluster,
+        db,
+        &format!("{settings} SELECT t::text FROM {table} t ORDER BY 1"),
+    )
 }
 
 /// The dump of a clone differs from its source's only in the access
