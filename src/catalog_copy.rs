@@ -266,7 +266,7 @@ pub fn write_pages_synced(locator: RelLocator, fork: pg_sys::ForkNumber::Type, p
             let block = block as u32;
             compat::log_newpage(locator, fork, block, page.as_mut_ptr());
             pg_sys::PageSetChecksumInplace(page.as_mut_ptr().cast(), block);
-            pg_sys::smgrextend(smgr, fork, block, page.as_mut_ptr().cast(), false);
+            compat::extend_with(smgr, fork, block, &page, false);
         }
         pg_sys::smgrimmedsync(smgr, fork);
     }

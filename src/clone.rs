@@ -40,6 +40,7 @@ struct SourceInfo {
     frozen_xid: pg_sys::TransactionId,
     min_multi: pg_sys::MultiXactId,
     locale: DatabaseLocale,
+    has_login_event_triggers: bool,
 }
 
 fn validate_target_name(target: &str) {
@@ -98,12 +99,7 @@ fn check_privileges(source: pg_sys::Oid, source_name: &str) {
     // SAFETY: plain privilege checks of the current user inside a transaction.
     let allowed = unsafe {
         pg_sys::superuser()
-            || (pg_sys::have_createdb_privilege()
-                && pg_sys::pg_database_aclcheck(
-                    source,
-                    pg_sys::GetUserId(),
-                    pg_sys::ACL_CONNECT as pg_sys::AclMode,
-                ) == pg_sys::AclResult::ACLCHECK_OK)
+            || (pg_sys::have_createdb_privilege() && crate::compat::may_connect_to(source))
     };
     if !allowed {
         CowError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied to clone database \"{source_name}\""))
@@ -134,6 +130,7 @@ fn source_info(oid: pg_sys::Oid, name: &str) -> SourceInfo {
             frozen_xid: form.datfrozenxid,
             min_multi: form.datminmxid,
             locale: compat::database_locale(tuple),
+            has_login_event_triggers: compat::has_login_event_triggers(form),
         };
         pg_sys::ReleaseSysCache(tuple);
         info
@@ -286,20 +283,7 @@ pub fn remove_clone_files(clone: pg_sys::Oid) {
     unsafe {
         pg_sys::DropDatabaseBuffers(clone);
         compat::forget_database_sync_requests(clone);
-        let mut record = compat::DatabaseDropRecord {
-            db_id: clone,
-            ntablespaces: 1,
-            tablespace,
-        };
-        pg_sys::XLogBeginInsert();
-        pg_sys::XLogRegisterData(
-            (&mut record as *mut compat::DatabaseDropRecord).cast(),
-            std::mem::size_of::<compat::DatabaseDropRecord>() as i32,
-        );
-        pg_sys::XLogInsert(
-            pg_sys::RmgrIds::RM_DBASE_ID as u8,
-            compat::XLOG_DBASE_DROP | pg_sys::XLR_SPECIAL_REL_UPDATE as u8,
-        );
+        compat::log_database_drop(clone, tablespace);
         let path = CString::new(dir.to_string_lossy().as_bytes()).expect("paths have no NUL");
         pg_sys::rmtree(path.as_ptr(), true);
     }
@@ -366,7 +350,9 @@ fn create_database_shell(target: &str, locale: &DatabaseLocale) -> pg_sys::Oid {
 }
 
 /// The clone's catalog holds the source's tuples, so its `pg_database` row
-/// must promise no newer xids than the source's does.
+/// must promise no newer xids than the source's does, and announce the
+/// source's login event triggers (template0's row, which it starts from,
+/// has none).
 fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
     // SAFETY: updates this transaction's own, not yet committed, pg_database row.
     unsafe {
@@ -387,6 +373,7 @@ fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
         let form = &mut *pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
         form.datfrozenxid = info.frozen_xid;
         form.datminmxid = info.min_multi;
+        compat::set_login_event_triggers(form, info.has_login_event_triggers);
         pg_sys::CatalogTupleUpdate(rel, &mut (*tuple).t_self, tuple);
         pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
         pg_sys::CommandCounterIncrement();

@@ -161,7 +161,7 @@ fn leak_snapshot(point: &crate::snapshot::ClonePoint) -> pg_sys::Snapshot {
     snapshot.suboverflowed = false;
     snapshot.takenDuringRecovery = false;
     snapshot.copied = true;
-    snapshot.lsn = point.lsn;
+    compat::set_snapshot_lsn(&mut snapshot, point.lsn);
     Box::leak(Box::new(snapshot))
 }
 

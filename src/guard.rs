@@ -78,18 +78,12 @@ fn list(names: &[String]) -> String {
 
 /// Relfilenodes of this database that the committing transaction would unlink.
 fn storage_dropped_at_commit() -> Vec<u32> {
-    let mut nodes: *mut pg_sys::RelFileNode = std::ptr::null_mut();
-    // SAFETY: returns a palloc'd array of `count` entries (or none).
-    unsafe {
-        let count = pg_sys::smgrGetPendingDeletes(true, &mut nodes);
-        (0..count.max(0) as usize)
-            .map(|i| *nodes.add(i))
-            .filter(|n| {
-                n.dbNode == pg_sys::MyDatabaseId && n.spcNode == pg_sys::DEFAULTTABLESPACE_OID
-            })
-            .map(|n| u32::from(n.relNode))
-            .collect()
-    }
+    // SAFETY: reading a backend-global set once at connection start.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    crate::compat::storage_dropped_at_commit(database)
+        .into_iter()
+        .map(u32::from)
+        .collect()
 }
 
 #[pg_guard]

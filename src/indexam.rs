@@ -309,6 +309,59 @@ unsafe extern "C-unwind" fn ambuild(
     }
 }
 
+/// Shows an index to its wrapped AM as one of the wrapped AM's own for the
+/// length of one call: the AMs' reloption accessors (fillfactor, fast
+/// update, pages per range, ...) assert that the relation's `relam` is
+/// theirs. The relcache's form is patched in place and put back afterwards,
+/// also when the call raises (pg_call! turns the error into an unwinding
+/// panic, which drops this guard); a relcache rebuild meanwhile replaces
+/// the form with the catalog's, which is left alone.
+struct SeenAsWrapped {
+    rel: pg_sys::Relation,
+    own_am: pg_sys::Oid,
+    wrapped_am: pg_sys::Oid,
+}
+
+impl SeenAsWrapped {
+    /// # Safety
+    /// `rel` must be an open index relation that stays open past the guard.
+    unsafe fn new(rel: pg_sys::Relation) -> Self {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let own_am = (*(*rel).rd_rel).relam;
+            let wrapped_am = wraps(own_am).unwrap_or(own_am);
+            (*(*rel).rd_rel).relam = wrapped_am;
+            Self {
+                rel,
+                own_am,
+                wrapped_am,
+            }
+        }
+    }
+}
+
+impl Drop for SeenAsWrapped {
+    fn drop(&mut self) {
+        // SAFETY: the relation is still open (see new); its form is read afresh.
+        unsafe {
+            let form = (*self.rel).rd_rel;
+            if !form.is_null() && (*form).relam == self.wrapped_am {
+                (*form).relam = self.own_am;
+            }
+        }
+    }
+}
+
+/// Runs one call of the wrapped AM with `rel` seen as its own.
+macro_rules! as_wrapped {
+    ($rel:expr, $call:expr) => {{
+        // SAFETY: the relation is open for the whole call.
+        #[allow(unused_unsafe)]
+        let _seen = unsafe { SeenAsWrapped::new($rel) };
+        $call
+    }};
+}
+
 /// Runs the wrapped AM's build on a copy of the index descriptor that names
 /// the wrapped AM (btree's sorted build checks it), writing the index's own
 /// file.
@@ -355,7 +408,7 @@ unsafe extern "C-unwind" fn ambuildempty(index: pg_sys::Relation) {
         let build = wrapped_routine(index)
             .ambuildempty
             .expect("every AM builds");
-        pg_call!(build(index))
+        as_wrapped!(index, pg_call!(build(index)))
     }
 }
 
@@ -405,16 +458,19 @@ unsafe extern "C-unwind" fn aminsert(
             }
         }
         let insert = wrapped_routine(index).aminsert.expect("every AM inserts");
-        let unique = pg_call!(insert(
+        let unique = as_wrapped!(
             index,
-            values,
-            isnull,
-            heap_tid,
-            heap,
-            check_unique,
-            index_unchanged,
-            info
-        ));
+            pg_call!(insert(
+                index,
+                values,
+                isnull,
+                heap_tid,
+                heap,
+                check_unique,
+                index_unchanged,
+                info
+            ))
+        );
         unique && !maybe_duplicate
     }
 }
@@ -435,7 +491,7 @@ unsafe extern "C-unwind" fn ambulkdelete(
         let delete = wrapped_routine(index)
             .ambulkdelete
             .expect("every AM vacuums");
-        pg_call!(delete(info, stats, callback, state))
+        as_wrapped!(index, pg_call!(delete(info, stats, callback, state)))
     }
 }
 
@@ -454,7 +510,7 @@ unsafe extern "C-unwind" fn amvacuumcleanup(
         let cleanup = wrapped_routine(index)
             .amvacuumcleanup
             .expect("every AM vacuums");
-        pg_call!(cleanup(info, stats))
+        as_wrapped!(index, pg_call!(cleanup(info, stats)))
     }
 }
 
@@ -539,6 +595,15 @@ impl SourceIndex {
             let copy = RelationCopy::new(index, c"cowclone source index", home);
             let rel = copy.rel;
             compat::set_relation_locator(rel, locator);
+            // The wrapped AM's code asserts that the index is its own (see
+            // SeenAsWrapped); the copy gets its own form saying so.
+            let form = pg_sys::MemoryContextAlloc(
+                copy.context,
+                std::mem::size_of::<pg_sys::FormData_pg_class>(),
+            ) as *mut pg_sys::FormData_pg_class;
+            std::ptr::copy_nonoverlapping((*index).rd_rel, form, 1);
+            (*form).relam = wraps((*form).relam).unwrap_or((*form).relam);
+            (*rel).rd_rel = form;
             (*rel).rd_amcache = std::ptr::null_mut();
             (*rel).rd_indexcxt = copy.context;
             (*rel).rd_indam = wrapped_routine(index) as *const _ as *mut _;
@@ -756,7 +821,7 @@ unsafe extern "C-unwind" fn ambeginscan(
         let mut sides = Vec::with_capacity(2);
         let first = source.as_ref().map_or(index, SourceIndex::rel);
         sides.push(Side {
-            scan: pg_call!(begin(first, nkeys, norderbys)),
+            scan: as_wrapped!(first, pg_call!(begin(first, nkeys, norderbys))),
             from_source: source.is_some(),
             pending: false,
             exhausted: false,
@@ -765,7 +830,7 @@ unsafe extern "C-unwind" fn ambeginscan(
         let with_local = source.is_some() && local_part_ready(index);
         if with_local {
             sides.push(Side {
-                scan: pg_call!(begin(index, nkeys, norderbys)),
+                scan: as_wrapped!(index, pg_call!(begin(index, nkeys, norderbys))),
                 from_source: false,
                 pending: false,
                 exhausted: false,
@@ -861,7 +926,10 @@ unsafe extern "C-unwind" fn amrescan(
             side.pending = false;
             side.exhausted = false;
             side.item = Item::empty();
-            pg_call!(rescan(side.scan, keys, nkeys, orderbys, norderbys));
+            as_wrapped!(
+                (*side.scan).indexRelation,
+                pg_call!(rescan(side.scan, keys, nkeys, orderbys, norderbys))
+            );
         }
         if state.source.is_some()
             && !(*scan).xs_snapshot.is_null()
@@ -968,7 +1036,7 @@ impl CowIndexScan {
                 .routine
                 .amgettuple
                 .expect("amgettuple is only called when the AM has it");
-            if !pg_call!(get(s.scan, direction)) {
+            if !as_wrapped!((*s.scan).indexRelation, pg_call!(get(s.scan, direction))) {
                 s.exhausted = true;
                 return;
             }
@@ -1082,37 +1150,26 @@ unsafe extern "C-unwind" fn amgetbitmap(
         let mut found = 0;
         for side in &state.sides {
             if !side.from_source {
-                found += pg_call!(get(side.scan, tbm));
+                found += as_wrapped!((*side.scan).indexRelation, pg_call!(get(side.scan, tbm)));
                 continue;
             }
-            let own = pg_sys::tbm_create(
-                pg_sys::work_mem as std::ffi::c_long * 1024,
-                std::ptr::null_mut(),
-            );
-            found += pg_call!(get(side.scan, own));
-            let iterator = pg_sys::tbm_begin_iterate(own);
+            let own = compat::tbm_create();
+            found += as_wrapped!((*side.scan).indexRelation, pg_call!(get(side.scan, own)));
             let mut tids: Vec<pg_sys::ItemPointerData> = Vec::new();
-            loop {
-                let page = pg_sys::tbm_iterate(iterator);
-                if page.is_null() {
-                    break;
-                }
-                let block = (*page).blockno;
-                if (*page).ntuples < 0 {
+            compat::for_each_bitmap_page(own, |page| {
+                let block = page.block;
+                let Some(offsets) = page.offsets else {
                     pg_sys::tbm_add_page(tbm, block + clone_view::SOURCE_BLOCK_BASE);
-                    continue;
-                }
-                let offsets =
-                    std::slice::from_raw_parts((*page).offsets.as_ptr(), (*page).ntuples as usize);
+                    return;
+                };
                 tids.clear();
                 tids.extend(
                     offsets
                         .iter()
                         .map(|&offset| clone_view::source_tid(block, offset)),
                 );
-                pg_sys::tbm_add_tuples(tbm, tids.as_mut_ptr(), tids.len() as i32, (*page).recheck);
-            }
-            pg_sys::tbm_end_iterate(iterator);
+                pg_sys::tbm_add_tuples(tbm, tids.as_mut_ptr(), tids.len() as i32, page.recheck);
+            });
             pg_sys::tbm_free(own);
         }
         found
@@ -1127,7 +1184,7 @@ unsafe extern "C-unwind" fn amendscan(scan: pg_sys::IndexScanDesc) {
         let state = state(scan);
         let end = state.routine.amendscan.expect("every AM ends scans");
         for side in &state.sides {
-            pg_call!(end(side.scan));
+            as_wrapped!((*side.scan).indexRelation, pg_call!(end(side.scan)));
         }
         if let Some(source) = state.source.take() {
             source.close();
@@ -1154,7 +1211,7 @@ unsafe extern "C-unwind" fn ammarkpos(scan: pg_sys::IndexScanDesc) {
         state.marked.clear();
         for side in &state.sides {
             if !side.exhausted {
-                pg_call!(mark(side.scan));
+                as_wrapped!((*side.scan).indexRelation, pg_call!(mark(side.scan)));
             }
             let item = if side.pending {
                 side.item.duplicate()
@@ -1181,7 +1238,7 @@ unsafe extern "C-unwind" fn amrestrpos(scan: pg_sys::IndexScanDesc) {
             side.exhausted = *exhausted;
             side.pending = *pending;
             if !*exhausted {
-                pg_call!(restore(side.scan));
+                as_wrapped!((*side.scan).indexRelation, pg_call!(restore(side.scan)));
             }
             if *pending {
                 side.item.free();
@@ -1199,7 +1256,7 @@ unsafe extern "C-unwind" fn amcanreturn(index: pg_sys::Relation, attno: std::ffi
     unsafe {
         let Some(source) = SourceIndex::open(index) else {
             return match wrapped_routine(index).amcanreturn {
-                Some(can_return) => pg_call!(can_return(index, attno)),
+                Some(can_return) => as_wrapped!(index, pg_call!(can_return(index, attno))),
                 None => false,
             };
         };
@@ -1278,6 +1335,7 @@ fn wrapper_routine(wrapped_am: pg_sys::Oid) -> pg_sys::Datum {
         // change of direction would have to give back: scrollable cursors
         // over these indexes get a Material node instead.
         (*routine).amcanbackward = false;
+        compat::keep_wrapper_routine_as_on_15(routine);
         if (*routine).amgettuple.is_some() {
             (*routine).amgettuple = Some(amgettuple);
         }

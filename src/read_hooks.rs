@@ -90,7 +90,7 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
 
 #[pg_guard]
 unsafe extern "C-unwind" fn before_executor_start(query: *mut pg_sys::QueryDesc) {
-    if clone_view::current().is_some() {
+    if crate::compat::ARBITERS_MUST_BE_BTREE_BY_OID && clone_view::current().is_some() {
         // SAFETY: a planned statement whose relations the executor has locked.
         unsafe { btree_for_on_conflict((*query).plannedstmt) };
     }
@@ -196,7 +196,7 @@ unsafe fn no_bitmap_prefetch(node: *mut pg_sys::PlanState) {
                 let scan = node as *mut pg_sys::BitmapHeapScanState;
                 let relation = (*scan).ss.ss_currentRelation;
                 if !relation.is_null() && is_cow_relation(relation) && is_shadowed(relation) {
-                    (*scan).prefetch_maximum = 0;
+                    crate::compat::no_bitmap_prefetch(scan);
                 }
             }
             pg_sys::NodeTag::T_AppendState => {

@@ -38,9 +38,7 @@ unsafe extern "C-unwind" fn give_up_smgr(arg: *mut std::ffi::c_void) {
         let give_up = arg as *mut GiveUpSmgr;
         let owner: *mut pg_sys::SMgrRelation = &mut (*(*give_up).copy).rd_smgr;
         if (*give_up).home.is_null() {
-            if !(*owner).is_null() {
-                pg_sys::smgrclearowner(owner, *owner);
-            }
+            compat::let_go_of_smgr(owner);
         } else {
             compat::hand_smgr_to(owner, (*give_up).home);
         }

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
+use crate::compat::{RELMAP_FILE_SIZE as FILE_SIZE, RELMAP_MAX_MAPPINGS as MAX_MAPPINGS};
+
 const FILE_MAGIC: i32 = 0x592717;
-const MAX_MAPPINGS: usize = 62;
-pub const FILE_SIZE: usize = 512;
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct RelationMap {

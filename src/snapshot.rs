@@ -85,12 +85,19 @@ pub fn pin_and_take(clone: pg_sys::Oid) -> (HeldSnapshot, ClonePoint) {
         }
         compat::create_ephemeral_slot(&slot_name(clone));
 
+        // The conservative pin is published without holding ProcArrayLock
+        // across it: `ReplicationSlotsComputeRequiredXmin(true)` expects
+        // callers to hold ReplicationSlotControlLock too in current minor
+        // releases and takes it itself in older ones, so no one locking
+        // order suits every release. Nothing T needs can go in the gap: T is
+        // taken afterwards, and rows vacuum may remove meanwhile are dead to
+        // every snapshot, T included.
         let lock = compat::proc_array_lock();
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let conservative = pg_sys::GetOldestSafeDecodingTransactionId(false);
-        set_slot_xmin(conservative);
-        pg_sys::ReplicationSlotsComputeRequiredXmin(true);
         pg_sys::LWLockRelease(lock);
+        set_slot_xmin(conservative);
+        pg_sys::ReplicationSlotsComputeRequiredXmin(false);
 
         let held = HeldSnapshot::latest();
         let snapshot = held.0;

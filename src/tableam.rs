@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::clone_view::{self, TidSpace};
+use crate::compat;
 use crate::error::CowError;
 use crate::heap_page::{self, PageSource, MAX_TUPLES_PER_PAGE};
 use crate::page::BLCKSZ;
@@ -47,7 +48,7 @@ pub unsafe fn relation_name(rel: pg_sys::Relation) -> String {
     unsafe { pgrx::name_data_to_str(&(*(*rel).rd_rel).relname).to_string() }
 }
 
-fn heap() -> &'static pg_sys::TableAmRoutine {
+pub(crate) fn heap() -> &'static pg_sys::TableAmRoutine {
     // SAFETY: heapam's routine is a static, fully initialised struct.
     unsafe { &*pg_sys::GetHeapamTableAmRoutine() }
 }
@@ -130,7 +131,7 @@ const COW_SCAN: u32 = 1 << 30;
 
 /// # Safety
 /// `scan` must be a scan begun by `scan_begin`.
-unsafe fn is_cow_scan(scan: pg_sys::TableScanDesc) -> bool {
+pub(crate) unsafe fn is_cow_scan(scan: pg_sys::TableScanDesc) -> bool {
     // SAFETY: guaranteed by the caller; both kinds start with TableScanDescData.
     unsafe { (*scan).rs_flags & COW_SCAN != 0 }
 }
@@ -343,7 +344,7 @@ impl CowScan {
                         heap_page::tuple_at(self.buffer, self.tid_block, offset, (*rel).rd_id);
                     let xmin = (*tuple.t_data).t_choice.t_heap.t_xmin;
                     let tid = clone_view::make_tid(self.tid_block, offset);
-                    crate::compat::predicate_lock_row(rel, &tid, snapshot, xmin);
+                    compat::predicate_lock_row(rel, &tid, snapshot, xmin);
                 }
             }
         }
@@ -486,7 +487,7 @@ unsafe extern "C-unwind" fn scan_begin(
         let whole_table =
             pg_sys::ScanOptions::SO_TYPE_SEQSCAN | pg_sys::ScanOptions::SO_TYPE_SAMPLESCAN;
         if flags & whole_table != 0 && !snapshot.is_null() {
-            crate::compat::predicate_lock_relation(rel, snapshot);
+            compat::predicate_lock_relation(rel, snapshot);
         }
         scan as pg_sys::TableScanDesc
     }
@@ -620,18 +621,18 @@ unsafe extern "C-unwind" fn scan_getnextslot_tidrange(
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn scan_bitmap_next_block(
-    sscan: pg_sys::TableScanDesc,
-    tbmres: *mut pg_sys::TBMIterateResult,
-) -> bool {
-    heap_scan_unless_ours!(sscan, scan_bitmap_next_block(sscan, tbmres));
-    // SAFETY: a scan begun by scan_begin; the executor passes a valid result
-    // whose offsets array holds ntuples entries when ntuples >= 0.
+/// Loads the next page of a bitmap scan (compat's version-shaped callbacks
+/// call this): the rows at `page.offsets` (following HOT chains), or every
+/// visible row of a lossy page. False if none is visible.
+///
+/// # Safety
+/// `sscan` must be one of our scans.
+pub(crate) unsafe fn bitmap_page(sscan: pg_sys::TableScanDesc, page: compat::BitmapPage) -> bool {
+    // SAFETY: guaranteed by the caller.
     unsafe {
         let scan = cow_scan(sscan);
         scan.release();
-        let block = (*tbmres).blockno;
+        let block = page.block;
         let virtual_block = match clone_view::tid_space(&clone_view::make_tid(block, 1)) {
             TidSpace::Source(b) if b < scan.source_blocks => b,
             TidSpace::Local(b) if b < scan.local_blocks => scan.source_blocks + b,
@@ -641,10 +642,8 @@ unsafe extern "C-unwind" fn scan_bitmap_next_block(
         scan.pin(virtual_block);
         pg_sys::LockBuffer(scan.buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
         let table = (*scan.base.rs_rd).rd_id;
-        let ntuples = (*tbmres).ntuples;
         let mut count = 0;
-        if ntuples >= 0 {
-            let roots = std::slice::from_raw_parts((*tbmres).offsets.as_ptr(), ntuples as usize);
+        if let Some(roots) = page.offsets {
             for &root in roots {
                 if let Some(tuple) = heap_page::hot_chain_visible(
                     scan.buffer,
@@ -677,14 +676,15 @@ unsafe extern "C-unwind" fn scan_bitmap_next_block(
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn scan_bitmap_next_tuple(
+/// The next row of the page `bitmap_page` loaded, if any.
+///
+/// # Safety
+/// `sscan` must be one of our scans; `slot` the caller's.
+pub(crate) unsafe fn bitmap_tuple(
     sscan: pg_sys::TableScanDesc,
-    tbmres: *mut pg_sys::TBMIterateResult,
     slot: *mut pg_sys::TupleTableSlot,
 ) -> bool {
-    heap_scan_unless_ours!(sscan, scan_bitmap_next_tuple(sscan, tbmres, slot));
-    // SAFETY: a scan begun by scan_begin whose page scan_bitmap_next_block pinned.
+    // SAFETY: guaranteed by the caller.
     unsafe {
         let scan = cow_scan(sscan);
         if scan.block == NO_BLOCK || (scan.index + 1) as usize >= scan.count {
@@ -755,15 +755,17 @@ unsafe extern "C-unwind" fn scan_sample_next_tuple(
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn scan_analyze_next_block(
+/// Pins the block ANALYZE sampled (compat's version-shaped callback calls
+/// this); false if it is past the end.
+///
+/// # Safety
+/// `sscan` must be one of our scans.
+pub(crate) unsafe fn analyze_block(
     sscan: pg_sys::TableScanDesc,
     blockno: pg_sys::BlockNumber,
     bstrategy: pg_sys::BufferAccessStrategy,
 ) -> bool {
-    heap_scan_unless_ours!(sscan, scan_analyze_next_block(sscan, blockno, bstrategy));
-    // SAFETY: a scan begun by scan_begin; ANALYZE asks only for blocks below
-    // the relation size this AM reported.
+    // SAFETY: guaranteed by the caller.
     let scan = unsafe { cow_scan(sscan) };
     if blockno >= scan.total_blocks() {
         scan.release();
@@ -1198,7 +1200,7 @@ unsafe extern "C-unwind" fn index_fetch_tuple(
                 // Named in the clone's TID space: the lock is the clone's, and
                 // a clone's write to the row checks exactly this target.
                 let xmin = (*tuple.t_data).t_choice.t_heap.t_xmin;
-                crate::compat::predicate_lock_row(fetch.base.rel, &member, snapshot, xmin);
+                compat::predicate_lock_row(fetch.base.rel, &member, snapshot, xmin);
             }
             visible
         });
@@ -1302,7 +1304,7 @@ unsafe extern "C-unwind" fn tuple_update(
     wait: bool,
     tmfd: *mut pg_sys::TM_FailureData,
     lockmode: *mut pg_sys::LockTupleMode::Type,
-    update_indexes: *mut bool,
+    update_indexes: *mut compat::UpdateIndexes,
 ) -> pg_sys::TM_Result::Type {
     // SAFETY: PostgreSQL passes valid arguments; a source TID is one this
     // AM handed out.
@@ -1321,7 +1323,7 @@ unsafe extern "C-unwind" fn tuple_update(
                 update_indexes
             ));
         }
-        crate::compat::serializable_conflict_in(rel, otid);
+        compat::serializable_conflict_in(rel, otid);
         *lockmode = pg_sys::LockTupleMode::LockTupleExclusive;
         let policy = pg_sys::LockWaitPolicy::LockWaitBlock;
         match writes::claim(rel, &*otid, cid, policy, Operation::Update, tmfd) {
@@ -1335,7 +1337,7 @@ unsafe extern "C-unwind" fn tuple_update(
                     cid,
                 );
                 release_claim(rel, otid, tuple_lock, Operation::Update);
-                *update_indexes = true;
+                *update_indexes = compat::UPDATE_ALL_INDEXES;
                 *lockmode = pg_sys::LockTupleMode::LockTupleExclusive;
                 pg_sys::TM_Result::TM_Ok
             }
@@ -1371,7 +1373,7 @@ unsafe extern "C-unwind" fn tuple_delete(
                 changing_part
             ));
         }
-        crate::compat::serializable_conflict_in(rel, tid);
+        compat::serializable_conflict_in(rel, tid);
         let policy = pg_sys::LockWaitPolicy::LockWaitBlock;
         match writes::claim(rel, &*tid, cid, policy, Operation::Delete, tmfd) {
             Claim::Granted { tuple_lock, .. } => {
@@ -1728,16 +1730,18 @@ unsafe extern "C-unwind" fn multi_insert(
 /// TRUNCATE (and rewrites) give the table new, empty, local storage; with
 /// it the table stops reading its source.
 #[pg_guard]
-unsafe extern "C-unwind" fn relation_set_new_filenode(
+unsafe extern "C-unwind" fn relation_set_new_storage(
     rel: pg_sys::Relation,
-    newrnode: *const pg_sys::RelFileNode,
+    new_locator: *const compat::RelLocator,
     persistence: std::ffi::c_char,
     freeze_xid: *mut pg_sys::TransactionId,
     minmulti: *mut pg_sys::MultiXactId,
 ) {
-    local_heap!(relation_set_new_filenode(
+    let _local = LocalSizing::enter();
+    let delegate = compat::set_new_storage_of(heap()).expect("heapam implements every callback");
+    pg_call!(delegate(
         rel,
-        newrnode,
+        new_locator,
         persistence,
         freeze_xid,
         minmulti
@@ -1752,10 +1756,10 @@ unsafe extern "C-unwind" fn relation_nontransactional_truncate(rel: pg_sys::Rela
 #[pg_guard]
 unsafe extern "C-unwind" fn relation_copy_data(
     rel: pg_sys::Relation,
-    newrnode: *const pg_sys::RelFileNode,
+    new_locator: *const compat::RelLocator,
 ) {
     // SAFETY: as above.
-    unsafe { heap_unless_shadowed!(rel, "move", relation_copy_data(rel, newrnode)) }
+    unsafe { heap_unless_shadowed!(rel, "move", relation_copy_data(rel, new_locator)) }
 }
 
 /// VACUUM FULL and CLUSTER: heapam's rewrite, reading through a heap view.
@@ -1834,11 +1838,9 @@ fn routine() -> &'static pg_sys::TableAmRoutine {
             routine.scan_getnextslot = Some(scan_getnextslot);
             routine.scan_set_tidrange = Some(scan_set_tidrange);
             routine.scan_getnextslot_tidrange = Some(scan_getnextslot_tidrange);
-            routine.scan_bitmap_next_block = Some(scan_bitmap_next_block);
-            routine.scan_bitmap_next_tuple = Some(scan_bitmap_next_tuple);
             routine.scan_sample_next_block = Some(scan_sample_next_block);
             routine.scan_sample_next_tuple = Some(scan_sample_next_tuple);
-            routine.scan_analyze_next_block = Some(scan_analyze_next_block);
+            compat::install_shaped_scan_callbacks(&mut routine);
             routine.scan_analyze_next_tuple = Some(scan_analyze_next_tuple);
             routine.relation_size = Some(relation_size);
             routine.index_fetch_begin = Some(index_fetch_begin);
@@ -1856,7 +1858,7 @@ fn routine() -> &'static pg_sys::TableAmRoutine {
             routine.tuple_update = Some(tuple_update);
             routine.tuple_delete = Some(tuple_delete);
             routine.tuple_lock = Some(tuple_lock);
-            routine.relation_set_new_filenode = Some(relation_set_new_filenode);
+            compat::install_set_new_storage(&mut routine, relation_set_new_storage);
             routine.relation_nontransactional_truncate = Some(relation_nontransactional_truncate);
             routine.relation_copy_data = Some(relation_copy_data);
             routine.relation_copy_for_cluster = Some(relation_copy_for_cluster);

@@ -193,7 +193,7 @@ pub unsafe fn claim(
                     pg_sys::XactLockTableWait(xid, rel, &mut tid_copy, operation.wait_kind())
                 }
                 _ => {
-                    if !pg_sys::ConditionalXactLockTableWait(xid) {
+                    if !crate::compat::xact_ended_without_waiting(xid) {
                         pg_sys::UnlockTuple(rel, &mut tid_copy, operation.tuple_lock_mode());
                         if policy == pg_sys::LockWaitPolicy::LockWaitSkip {
                             return Claim::Result(pg_sys::TM_Result::TM_WouldBlock);
@@ -221,9 +221,11 @@ unsafe fn acquire_tuple_lock(
                 pg_sys::LockTuple(rel, tid, mode);
                 true
             }
-            pg_sys::LockWaitPolicy::LockWaitSkip => pg_sys::ConditionalLockTuple(rel, tid, mode),
+            pg_sys::LockWaitPolicy::LockWaitSkip => {
+                crate::compat::conditional_lock_tuple(rel, tid, mode)
+            }
             _ => {
-                if !pg_sys::ConditionalLockTuple(rel, tid, mode) {
+                if !crate::compat::conditional_lock_tuple(rel, tid, mode) {
                     row_lock_unavailable(rel);
                 }
                 true

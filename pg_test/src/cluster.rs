@@ -382,6 +382,17 @@ impl Drop for Cluster {
         if !self.temporary {
             return;
         }
+        // A failing test loses its cluster with it: keep what the server said.
+        if std::thread::panicking() {
+            let log = fs::read_to_string(self.log_file()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "--- last lines of the server log ({}):\n{}",
+                self.log_file().display(),
+                tail.join("\n")
+            );
+        }
         if self.running {
             // Immediate: the directory goes away next, there is nothing to keep.
             let _ = self.pg_ctl_stop("immediate");

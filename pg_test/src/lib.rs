@@ -12,6 +12,7 @@ pub mod error;
 pub mod extension;
 pub mod install;
 pub mod process;
+pub mod provision;
 pub mod setup;
 pub mod suite;
 

@@ -8,18 +8,18 @@ use pg_test::bench_reads::{self, ReadBenchOptions};
 use pg_test::bench_writes::{self, WriteBenchOptions};
 use pg_test::cluster::{Cluster, ClusterConfig};
 use pg_test::extension::{build_and_install, Profile};
-use pg_test::install::{parse_major, PgInstall, DEFAULT_MAJOR};
+use pg_test::install::{parse_major_choice, MajorChoice, PgInstall, DEFAULT_MAJOR};
 use pg_test::suite::SuiteOptions;
-use pg_test::{bench, demo, setup, suite, Error, Result};
+use pg_test::{bench, demo, setup, suite, Error};
 
 fn usage() -> &'static str {
     "usage: pg_test <command>
-  setup [--pg N]                          install what is missing (idempotent)
+  setup [--pg N|all]                      install what is missing (idempotent)
   cluster start DIR [--port N] [--pg N] [--no-build]
                                           build, install, start a throwaway cluster in DIR
   cluster stop DIR                        stop the cluster in DIR (and nothing else)
   demo [--pg N]                           the main job end to end on a throwaway cluster
-  test [--pg N] [--no-lint]               the whole suite
+  test [--pg N|all] [--no-lint]           the whole suite (all: every major, one after another)
   bench [--scales 10,60,100] [--quick] [--pg N]
   bench --reads [--quick] [--pg N]
   bench --writes [--quick] [--pg N]
@@ -68,7 +68,7 @@ fn one_line(text: &str) -> String {
 /// The flags a command accepts, parsed from what follows its positional arguments.
 #[derive(Default)]
 struct Flags {
-    pg: Option<u32>,
+    pg: Option<MajorChoice>,
     port: Option<u16>,
     no_build: bool,
     no_lint: bool,
@@ -96,7 +96,7 @@ fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, 
                 .ok_or_else(|| UsageError(format!("{name} needs a value")).into())
         };
         match name {
-            "--pg" => flags.pg = Some(parse_major(&value()?).map_err(|e| UsageError(e.0))?),
+            "--pg" => flags.pg = Some(parse_major_choice(&value()?).map_err(|e| UsageError(e.0))?),
             "--port" => {
                 let v = value()?;
                 let port = v.parse::<u16>().ok().filter(|p| *p >= 1024);
@@ -129,8 +129,27 @@ fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, 
     Ok(flags)
 }
 
-fn pg_of(flags: &Flags) -> Result<PgInstall> {
-    PgInstall::for_major(flags.pg.unwrap_or(DEFAULT_MAJOR))
+/// The one major a command runs against (`--pg all` only where allowed).
+fn pg_of(flags: &Flags) -> std::result::Result<PgInstall, Failure> {
+    match flags.pg {
+        None => Ok(PgInstall::for_major(DEFAULT_MAJOR)?),
+        Some(MajorChoice::One(major)) => Ok(PgInstall::for_major(major)?),
+        Some(MajorChoice::All) => {
+            Err(UsageError("--pg all is accepted by setup and test only".into()).into())
+        }
+    }
+}
+
+/// Every major `--pg` names, set up before anything runs.
+fn majors_of(flags: &Flags) -> std::result::Result<Vec<PgInstall>, Failure> {
+    let choice = flags.pg.clone().unwrap_or(MajorChoice::One(DEFAULT_MAJOR));
+    let mut installs = Vec::new();
+    for major in choice.majors() {
+        let pg = PgInstall::for_major(major)?;
+        setup::setup(&pg)?;
+        installs.push(pg);
+    }
+    Ok(installs)
 }
 
 fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
@@ -145,7 +164,8 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
         }
         "setup" => {
             let flags = parse_flags(rest, &["--pg"])?;
-            Ok(setup::setup(&pg_of(&flags)?)?)
+            majors_of(&flags)?;
+            Ok(())
         }
         "cluster" => cluster_command(rest),
         "demo" => {
@@ -156,10 +176,9 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
         }
         "test" => {
             let flags = parse_flags(rest, &["--pg", "--no-lint"])?;
-            let pg = pg_of(&flags)?;
-            setup::setup(&pg)?;
-            Ok(suite::run(
-                &pg,
+            let majors = majors_of(&flags)?;
+            Ok(suite::run_majors(
+                &majors,
                 &SuiteOptions {
                     lint: !flags.no_lint,
                 },

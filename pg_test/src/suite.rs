@@ -21,6 +21,38 @@ pub struct SuiteOptions {
     pub lint: bool,
 }
 
+/// Runs the suite for each major in turn and ends with one line per major;
+/// fails if any failed (after running the rest).
+pub fn run_majors(majors: &[PgInstall], options: &SuiteOptions) -> Result<()> {
+    if let [pg] = majors {
+        return run(pg, options);
+    }
+    let mut outcomes = Vec::new();
+    for pg in majors {
+        let outcome = run(pg, options);
+        if let Err(e) = &outcome {
+            println!("\nPostgreSQL {}: FAILED: {e}", pg.major);
+        }
+        outcomes.push((pg.major, outcome.is_ok()));
+    }
+    println!("\nsummary:");
+    for (major, passed) in &outcomes {
+        println!(
+            "  PostgreSQL {major}: {}",
+            if *passed { "passed" } else { "FAILED" }
+        );
+    }
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(m, _)| m.to_string())
+        .collect();
+    if !failed.is_empty() {
+        crate::bail!("the suite failed for PostgreSQL {}", failed.join(", "));
+    }
+    Ok(())
+}
+
 pub fn run(pg: &PgInstall, options: &SuiteOptions) -> Result<()> {
     let started = Instant::now();
     if options.lint {
