@@ -699,6 +699,24 @@ pub unsafe fn keep_wrapper_routine_as_on_15(routine: *mut pg_sys::IndexAmRoutine
     let _ = routine;
 }
 
+/// Lets a part's inner index scan count its searches into the wrapper
+/// scan's instrumentation (18: EXPLAIN ANALYZE's "Index Searches"), which
+/// index_beginscan sets on the wrapper scan only.
+///
+/// # Safety
+/// Both must be valid index scans.
+pub unsafe fn share_scan_instrumentation(
+    inner: pg_sys::IndexScanDesc,
+    outer: pg_sys::IndexScanDesc,
+) {
+    #[cfg(not(before_pg18))]
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        (*inner).instrument = (*outer).instrument;
+    }
+    let _ = (inner, outer);
+}
+
 /// Records the WAL position a hand-built snapshot was taken at (18 no
 /// longer keeps one: it served only the removed "snapshot too old").
 pub fn set_snapshot_lsn(snapshot: &mut pg_sys::SnapshotData, lsn: pg_sys::XLogRecPtr) {

@@ -923,6 +923,7 @@ unsafe extern "C-unwind" fn amrescan(
             if !side.from_source {
                 (*side.scan).ignore_killed_tuples = (*scan).ignore_killed_tuples;
             }
+            compat::share_scan_instrumentation(side.scan, scan);
             side.pending = false;
             side.exhausted = false;
             side.item = Item::empty();

@@ -344,6 +344,20 @@ fn cursors_samples_analyze_explain_large_objects_and_parallel_plans_work() {
     )
     .join("\n");
     assert!(explained.contains("actual rows=99"), "{explained}");
+    // An index scan reports its searches (18+) through the wrapper scan,
+    // which hands its instrumentation to the scan of the source's index.
+    let explained = rows(
+        &cluster,
+        "staging",
+        "SET enable_seqscan = off; SET enable_bitmapscan = off; \
+         EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT * FROM t WHERE i = 42",
+    )
+    .join("\n");
+    assert!(explained.contains("Index Scan using t_pkey"), "{explained}");
+    assert!(explained.contains("actual rows=1"), "{explained}");
+    if cluster.pg.major >= 18 {
+        assert!(explained.contains("Index Searches: 1"), "{explained}");
+    }
 
     // Large objects live in a catalog, which the clone copied as of the clone point.
     cluster.psql("prod", "SELECT lo_unlink(4242)").unwrap();
