@@ -2,7 +2,10 @@
 //! for. Everything else calls these functions; a new major means a new arm
 //! here, not `cfg`s scattered through the code.
 //!
-//! Tested on PostgreSQL 15, 16, 17 and 18; 14 is built like 15 but untested.
+//! Tested on PostgreSQL 15, 16, 17 and 18. The `pg14` feature exists, but
+//! 14 would need bridges this module does not have (the code uses 15's
+//! `datlocprovider`, `indnullsnotdistinct` and `RelationMapCopy`), and no
+//! PostgreSQL 14 can be installed on these machines to write them against.
 //! The version boundaries (`before_pg16`, `before_pg17`, `before_pg18`) come
 //! from build.rs.
 
@@ -948,7 +951,7 @@ mod shaped {
         heapam_unless_ours!(scan, scan_bitmap_next_block(scan, result));
         let mut offsets = Vec::new();
         // SAFETY: the executor's current iteration result for one of our scans.
-        unsafe { bitmap_page(scan, super::bitmap_page(result, &mut offsets)) }
+        unsafe { bitmap_page(scan, super::bitmap_page(result, &mut offsets)).unwrap_or(false) }
     }
 
     #[cfg(before_pg18)]
@@ -991,12 +994,14 @@ mod shaped {
                 }
                 let page = super::bitmap_page(&mut result, &mut offsets);
                 *recheck = page.recheck;
-                if page.offsets.is_some() {
-                    *exact_pages += 1;
-                } else {
-                    *lossy_pages += 1;
+                let exact = page.offsets.is_some();
+                if bitmap_page(scan, page).is_some() {
+                    if exact {
+                        *exact_pages += 1;
+                    } else {
+                        *lossy_pages += 1;
+                    }
                 }
-                bitmap_page(scan, page);
             }
         }
     }

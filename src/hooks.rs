@@ -79,6 +79,8 @@ unsafe extern "C-unwind" {
     );
     #[link_name = "standard_ExecutorStart"]
     fn standard_executor_start(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int);
+    #[link_name = "standard_ExecutorEnd"]
+    fn standard_executor_end(query: *mut pg_sys::QueryDesc);
 }
 
 /// The arguments of one ProcessUtility call.
@@ -145,6 +147,24 @@ pub unsafe fn pass_on_executor_start(
         match previous {
             Some(next) => next(query, eflags),
             None => standard_executor_start(query, eflags),
+        }
+    }
+}
+
+/// Ends the executor: the previous hook if there was one, else PostgreSQL's own.
+///
+/// # Safety
+/// As for `pass_on_utility`, from an ExecutorEnd hook.
+#[allow(ffi_unwind_calls)]
+pub unsafe fn pass_on_executor_end(
+    previous: pg_sys::ExecutorEnd_hook_type,
+    query: *mut pg_sys::QueryDesc,
+) {
+    // SAFETY: as in pass_on_utility.
+    unsafe {
+        match previous {
+            Some(next) => next(query),
+            None => standard_executor_end(query),
         }
     }
 }

@@ -53,22 +53,52 @@ fn refuse(what: &str, index: pg_sys::Relation) -> ! {
     .raise()
 }
 
-/// The AM a wrapper AM wraps, if `relam` is one of the wrappers.
+/// The AM a wrapper AM wraps, if `relam` is one of the wrappers. Called for
+/// every row an index scan or insert hands to the wrapped AM (SeenAsWrapped),
+/// so answers are remembered per backend: an access method's OID names the
+/// same AM for as long as the extension that made it exists.
 pub fn wraps(relam: pg_sys::Oid) -> Option<pg_sys::Oid> {
-    // SAFETY: get_am_name returns a palloc'd copy or null.
+    const BUILT_IN: [u32; 6] = [
+        pg_sys::BTREE_AM_OID.to_u32(),
+        pg_sys::HASH_AM_OID.to_u32(),
+        pg_sys::GIST_AM_OID.to_u32(),
+        pg_sys::GIN_AM_OID.to_u32(),
+        pg_sys::SPGIST_AM_OID.to_u32(),
+        pg_sys::BRIN_AM_OID.to_u32(),
+    ];
+    thread_local! {
+        static KNOWN: std::cell::RefCell<Vec<(pg_sys::Oid, Option<pg_sys::Oid>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    if BUILT_IN.contains(&relam.to_u32()) {
+        return None;
+    }
+    if let Some(known) = KNOWN.with(|k| {
+        k.borrow()
+            .iter()
+            .find(|(am, _)| *am == relam)
+            .map(|(_, wrapped)| *wrapped)
+    }) {
+        return known;
+    }
+    // SAFETY: get_am_name returns a palloc'd copy (freed here) or null.
     let name = unsafe {
         let name = pg_sys::get_am_name(relam);
         if name.is_null() {
             return None;
         }
-        std::ffi::CStr::from_ptr(name)
+        let owned = std::ffi::CStr::from_ptr(name)
             .to_string_lossy()
-            .into_owned()
+            .into_owned();
+        pg_sys::pfree(name.cast());
+        owned
     };
-    WRAPPED
+    let wrapped = WRAPPED
         .iter()
         .find(|(w, _, _)| *w == name)
-        .map(|(_, oid, _)| pg_sys::Oid::from(*oid))
+        .map(|(_, oid, _)| pg_sys::Oid::from(*oid));
+    KNOWN.with(|k| k.borrow_mut().push((relam, wrapped)));
+    wrapped
 }
 
 thread_local! {
@@ -146,6 +176,20 @@ unsafe fn ensure_local_part(index: pg_sys::Relation, heap: pg_sys::Relation) {
         local_part_lock(index, pg_sys::ExclusiveLock, false);
         let node = u32::from(compat::relfilenode_of(index));
         LOCAL_READY.with(|r| r.borrow_mut().insert(node));
+    }
+}
+
+/// Builds a shadowed index's empty local part unless it exists (a wrapper
+/// without a source part is an ordinary index and needs nothing).
+///
+/// # Safety
+/// `index` a valid, open wrapper index of `heap`.
+pub unsafe fn ensure_local_part_if_shadowed(index: pg_sys::Relation, heap: pg_sys::Relation) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if is_shadowed(index) {
+            ensure_local_part(index, heap);
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use crate::tableam::{is_cow_relation, is_shadowed};
 
 static mut PREVIOUS_PATHLIST: pg_sys::set_rel_pathlist_hook_type = None;
 static mut PREVIOUS_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREVIOUS_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 
 /// Installed once, while the postmaster preloads the library.
 pub fn install() {
@@ -31,6 +32,8 @@ pub fn install() {
         pg_sys::set_rel_pathlist_hook = Some(without_partial_paths);
         PREVIOUS_EXECUTOR_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREVIOUS_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
+        pg_sys::ExecutorEnd_hook = Some(executor_end);
     }
 }
 
@@ -88,11 +91,34 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
     unsafe { after_executor_start(query) };
 }
 
+/// No `#[pg_guard]`: see `hooks`.
+unsafe extern "C-unwind" fn executor_end(query: *mut pg_sys::QueryDesc) {
+    // SAFETY: the argument goes unchanged to the next hook or the standard
+    // executor end; this frame holds plain values only.
+    unsafe { hooks::pass_on_executor_end(PREVIOUS_EXECUTOR_END, query) };
+    // SAFETY: only the query's address is compared.
+    unsafe { after_executor_end(query) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn after_executor_end(query: *mut pg_sys::QueryDesc) {
+    if DISGUISING_QUERY.with(|q| q.get()) == Some(query as usize) {
+        undisguise();
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn before_executor_start(query: *mut pg_sys::QueryDesc) {
     if crate::compat::ARBITERS_MUST_BE_BTREE_BY_OID && clone_view::current().is_some() {
         // SAFETY: a planned statement whose relations the executor has locked.
-        unsafe { btree_for_on_conflict((*query).plannedstmt) };
+        let disguised = unsafe { btree_for_on_conflict((*query).plannedstmt) };
+        if disguised {
+            DISGUISING_QUERY.with(|q| {
+                if q.get().is_none() {
+                    q.set(Some(query as usize));
+                }
+            });
+        }
     }
 }
 
@@ -100,23 +126,27 @@ unsafe extern "C-unwind" fn before_executor_start(query: *mut pg_sys::QueryDesc)
 /// (`BuildSpeculativeIndexInfo` checks the descriptor's access method, up
 /// to PostgreSQL 17). A `cow_btree` index is a btree in all but name, so
 /// the cached descriptors of the target's unique indexes (and its
-/// partitions') are given btree's name until the relcache rebuilds them;
-/// the wrapper's own callbacks, reached through the descriptor's routine,
-/// are unaffected.
+/// partitions') are given btree's name for the statement; the wrapper's
+/// own callbacks, reached through the descriptor's routine, are unaffected.
+/// The planner asks a "btree" for its tree height, read from the clone's
+/// local part, so that part is built first (empty) where it is missing; and
+/// the descriptors get their own name back when the statement ends, or its
+/// (sub)transaction aborts, so later statements plan with the wrapper.
 ///
 /// # Safety
 /// `stmt` is a valid planned statement whose relations are locked.
-unsafe fn btree_for_on_conflict(stmt: *mut pg_sys::PlannedStmt) {
+unsafe fn btree_for_on_conflict(stmt: *mut pg_sys::PlannedStmt) -> bool {
+    let mut disguised = false;
     // SAFETY: guaranteed by the caller; relations are opened without new
     // locks (the executor holds them) and closed again.
     unsafe {
         let plan = (*stmt).planTree;
         if plan.is_null() || (*plan).type_ != pg_sys::NodeTag::T_ModifyTable {
-            return;
+            return false;
         }
         let modify = plan as *mut pg_sys::ModifyTable;
         if (*modify).onConflictAction == pg_sys::OnConflictAction::ONCONFLICT_NONE {
-            return;
+            return false;
         }
         each_list_int((*modify).resultRelations, |rt_index| {
             let entry =
@@ -135,13 +165,93 @@ unsafe fn btree_for_on_conflict(stmt: *mut pg_sys::PlannedStmt) {
                     }
                     let form = (*index).rd_rel;
                     if crate::indexam::wraps((*form).relam) == Some(pg_sys::BTREE_AM_OID) {
+                        crate::indexam::ensure_local_part_if_shadowed(index, relation);
                         (*form).relam = pg_sys::BTREE_AM_OID;
+                        disguised_as_btree((*index).rd_id);
+                        disguised = true;
                     }
                     pg_sys::RelationClose(index);
                 });
                 pg_sys::RelationClose(relation);
             });
         });
+    }
+    disguised
+}
+
+thread_local! {
+    /// Wrapper indexes whose cached descriptor says btree for the running
+    /// ON CONFLICT statement.
+    static DISGUISED: std::cell::RefCell<Vec<pg_sys::Oid>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    /// The outermost running statement that disguised them (a statement
+    /// run by one of its triggers must not undo it early).
+    static DISGUISING_QUERY: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+fn disguised_as_btree(index: pg_sys::Oid) {
+    static CALLBACKS: std::sync::Once = std::sync::Once::new();
+    CALLBACKS.call_once(|| {
+        // SAFETY: registered once per backend; the callbacks live for the process.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(undisguise_at_transaction_end), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(
+                Some(undisguise_at_subtransaction_abort),
+                std::ptr::null_mut(),
+            );
+        }
+    });
+    DISGUISED.with(|d| {
+        let mut d = d.borrow_mut();
+        if !d.contains(&index) {
+            d.push(index);
+        }
+    });
+}
+
+/// Gives the disguised descriptors their own access method back by
+/// invalidating their relcache entries in this backend: an open index is
+/// reloaded from pg_class (at once, or at its next use outside a valid
+/// transaction), a closed one is dropped from the cache. No catalog access
+/// here, so it is safe while a transaction aborts.
+fn undisguise() {
+    DISGUISING_QUERY.with(|q| q.set(None));
+    let disguised = DISGUISED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    for index in disguised {
+        // SAFETY: a relcache invalidation message for one relation of this
+        // database, processed locally as if another backend had sent it.
+        unsafe {
+            let mut message: pg_sys::SharedInvalidationMessage = std::mem::zeroed();
+            message.rc = pg_sys::SharedInvalRelcacheMsg {
+                id: SHARED_INVAL_RELCACHE_ID,
+                dbId: pg_sys::MyDatabaseId,
+                relId: index,
+            };
+            pg_sys::LocalExecuteInvalidationMessage(&mut message);
+        }
+    }
+}
+
+/// `SHAREDINVALRELCACHE_ID` (sinval.h), the same from 15 to 18.
+const SHARED_INVAL_RELCACHE_ID: i8 = -2;
+
+#[pg_guard]
+unsafe extern "C-unwind" fn undisguise_at_transaction_end(
+    _event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    undisguise();
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn undisguise_at_subtransaction_abort(
+    event: pg_sys::SubXactEvent::Type,
+    _my_subid: pg_sys::SubTransactionId,
+    _parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        undisguise();
     }
 }
 

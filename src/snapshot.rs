@@ -59,13 +59,21 @@ impl Drop for HeldSnapshot {
 /// # Safety
 /// This backend must have acquired a slot (MyReplicationSlot).
 unsafe fn set_slot_xmin(xmin: pg_sys::TransactionId) {
-    // SAFETY: guaranteed by the caller; the slot's spinlock guards its fields.
+    // SAFETY: guaranteed by the caller; the slot's spinlock guards its
+    // fields. ReplicationSlotControlLock, held exclusively, waits out any
+    // backend that read the slots before this change and has yet to publish
+    // what it read (current minor releases publish under the lock, shared),
+    // so no horizon without this pin is published after the caller's
+    // `ReplicationSlotsComputeRequiredXmin`.
     unsafe {
+        let control = compat::replication_slot_control_lock();
+        pg_sys::LWLockAcquire(control, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let slot = pg_sys::MyReplicationSlot;
         pg_sys::SpinLockAcquire(&mut (*slot).mutex);
         (*slot).effective_xmin = xmin;
         (*slot).data.xmin = xmin;
         pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        pg_sys::LWLockRelease(control);
     }
 }
 
@@ -91,7 +99,8 @@ pub fn pin_and_take(clone: pg_sys::Oid) -> (HeldSnapshot, ClonePoint) {
         // releases and takes it itself in older ones, so no one locking
         // order suits every release. Nothing T needs can go in the gap: T is
         // taken afterwards, and rows vacuum may remove meanwhile are dead to
-        // every snapshot, T included.
+        // every snapshot, T included. (set_slot_xmin keeps a concurrent,
+        // older computation from being published after ours.)
         let lock = compat::proc_array_lock();
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let conservative = pg_sys::GetOldestSafeDecodingTransactionId(false);

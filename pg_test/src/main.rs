@@ -140,16 +140,13 @@ fn pg_of(flags: &Flags) -> std::result::Result<PgInstall, Failure> {
     }
 }
 
-/// Every major `--pg` names, set up before anything runs.
-fn majors_of(flags: &Flags) -> std::result::Result<Vec<PgInstall>, Failure> {
-    let choice = flags.pg.clone().unwrap_or(MajorChoice::One(DEFAULT_MAJOR));
-    let mut installs = Vec::new();
-    for major in choice.majors() {
-        let pg = PgInstall::for_major(major)?;
-        setup::setup(&pg)?;
-        installs.push(pg);
-    }
-    Ok(installs)
+/// The majors `--pg` names (default: the default major).
+fn majors_of(flags: &Flags) -> Vec<u32> {
+    flags
+        .pg
+        .clone()
+        .unwrap_or(MajorChoice::One(DEFAULT_MAJOR))
+        .majors()
 }
 
 fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
@@ -164,8 +161,9 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
         }
         "setup" => {
             let flags = parse_flags(rest, &["--pg"])?;
-            majors_of(&flags)?;
-            Ok(())
+            Ok(suite::for_each_major(&majors_of(&flags), "setup", |pg| {
+                setup::setup(pg)
+            })?)
         }
         "cluster" => cluster_command(rest),
         "demo" => {
@@ -176,11 +174,15 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
         }
         "test" => {
             let flags = parse_flags(rest, &["--pg", "--no-lint"])?;
-            let majors = majors_of(&flags)?;
-            Ok(suite::run_majors(
-                &majors,
-                &SuiteOptions {
-                    lint: !flags.no_lint,
+            let options = SuiteOptions {
+                lint: !flags.no_lint,
+            };
+            Ok(suite::for_each_major(
+                &majors_of(&flags),
+                "the suite",
+                |pg| {
+                    setup::setup(pg)?;
+                    suite::run(pg, &options)
                 },
             )?)
         }

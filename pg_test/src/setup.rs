@@ -157,7 +157,8 @@ fn ensure_pgrx_init(pg: &PgInstall) -> Result<()> {
     if !on_path("cargo") {
         bail!("cargo is not on PATH");
     }
-    registered.retain(|(m, _)| *m != pg.major);
+    // A registration whose pg_config is gone would fail the whole init.
+    registered.retain(|(m, path)| *m != pg.major && std::path::Path::new(path).is_file());
     registered.push((pg.major, wanted));
     let mut cmd = Command::new("cargo");
     cmd.args(["pgrx", "init"]);

@@ -21,21 +21,26 @@ pub struct SuiteOptions {
     pub lint: bool,
 }
 
-/// Runs the suite for each major in turn and ends with one line per major;
-/// fails if any failed (after running the rest).
-pub fn run_majors(majors: &[PgInstall], options: &SuiteOptions) -> Result<()> {
-    if let [pg] = majors {
-        return run(pg, options);
+/// Runs `job` for each major in turn. One major: its result. Several: each
+/// runs even if an earlier one failed, then one line per major, and an
+/// error naming the majors that failed.
+pub fn for_each_major(
+    majors: &[u32],
+    what: &str,
+    mut job: impl FnMut(&PgInstall) -> Result<()>,
+) -> Result<()> {
+    if let [major] = majors {
+        return job(&PgInstall::for_major(*major)?);
     }
     let mut outcomes = Vec::new();
-    for pg in majors {
-        let outcome = run(pg, options);
+    for major in majors {
+        let outcome = PgInstall::for_major(*major).and_then(|pg| job(&pg));
         if let Err(e) = &outcome {
-            println!("\nPostgreSQL {}: FAILED: {e}", pg.major);
+            println!("\nPostgreSQL {major}: {what} FAILED: {e}");
         }
-        outcomes.push((pg.major, outcome.is_ok()));
+        outcomes.push((*major, outcome.is_ok()));
     }
-    println!("\nsummary:");
+    println!("\nsummary ({what}):");
     for (major, passed) in &outcomes {
         println!(
             "  PostgreSQL {major}: {}",
@@ -48,7 +53,7 @@ pub fn run_majors(majors: &[PgInstall], options: &SuiteOptions) -> Result<()> {
         .map(|(m, _)| m.to_string())
         .collect();
     if !failed.is_empty() {
-        crate::bail!("the suite failed for PostgreSQL {}", failed.join(", "));
+        crate::bail!("{what} failed for PostgreSQL {}", failed.join(", "));
     }
     Ok(())
 }

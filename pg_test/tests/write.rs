@@ -882,3 +882,89 @@ fn savepoints_and_cursors_write_source_rows_as_heap_does() {
         ["50|12750"]
     );
 }
+
+/// Up to 17 an ON CONFLICT statement shows its `cow_btree` arbiters to
+/// PostgreSQL as btree for the statement. Afterwards the clone plans and
+/// reads through them as before, also when the statement inserted nothing
+/// (the planner asks a btree for its height, read from the local part) and
+/// when its transaction failed.
+#[test]
+fn on_conflict_leaves_later_statements_planning_as_before() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql(
+            "prod",
+            "CREATE EXTENSION cowclone; \
+             CREATE TABLE t (id int PRIMARY KEY, v text); \
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g; ANALYZE t",
+        )
+        .unwrap();
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    let mut clone = cluster.connect("staging").unwrap();
+    let lookup = |clone: &mut postgres::Client, id: i32| -> Vec<String> {
+        clone
+            .batch_execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+            .unwrap();
+        let plan: Vec<String> = clone
+            .query(
+                &format!("EXPLAIN (COSTS OFF) SELECT v FROM t WHERE id = {id}"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(plan[0].contains("Index Scan using t_pkey"), "{plan:?}");
+        clone
+            .query(&format!("SELECT v FROM t WHERE id = {id}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+
+    // Every row conflicts: nothing is inserted.
+    let inserted = clone
+        .execute(
+            "INSERT INTO t VALUES (1, 'new') ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(inserted, 0);
+    assert_eq!(lookup(&mut clone, 1), ["v1"]);
+    assert_eq!(
+        rows(
+            &cluster,
+            "staging",
+            "SELECT a.amname FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.relname = 't_pkey'"
+        ),
+        ["cow_btree"]
+    );
+
+    // A failed transaction after an upsert: rolled back, later plans unchanged.
+    clone
+        .batch_execute(
+            "BEGIN; INSERT INTO t VALUES (3, 'upserted') ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+        )
+        .unwrap();
+    let failure = clone
+        .batch_execute("INSERT INTO t VALUES (1 / 0, 'x') ON CONFLICT DO NOTHING")
+        .unwrap_err();
+    assert_eq!(sqlstate(&failure), "22012");
+    clone.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(lookup(&mut clone, 3), ["v3"]);
+
+    // A new session sees the same, and upserts still work.
+    let mut other = cluster.connect("staging").unwrap();
+    assert_eq!(lookup(&mut other, 2), ["v2"]);
+    other
+        .batch_execute(
+            "INSERT INTO t VALUES (2, 'upserted') ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+        )
+        .unwrap();
+    assert_eq!(lookup(&mut other, 2), ["upserted"]);
+    assert_eq!(lookup(&mut clone, 2), ["upserted"]);
+}
