@@ -894,17 +894,7 @@ mod shaped {
     use pgrx::pg_sys;
     use pgrx::prelude::*;
 
-    use crate::tableam::{analyze_block, bitmap_page, bitmap_tuple, heap, is_cow_scan};
-
-    macro_rules! heapam_unless_ours {
-        ($scan:expr, $callback:ident($($arg:expr),*)) => {
-            // SAFETY: the scan was begun by the AM's scan_begin, ours or heapam's.
-            if !unsafe { is_cow_scan($scan) } {
-                let delegate = heap().$callback.expect("heapam implements every scan callback");
-                return pg_call!(delegate($($arg),*));
-            }
-        };
-    }
+    use crate::tableam::{analyze_block, bitmap_page, bitmap_tuple, heap_scan_unless_ours};
 
     #[cfg(before_pg17)]
     #[pg_guard]
@@ -913,7 +903,7 @@ mod shaped {
         block: pg_sys::BlockNumber,
         strategy: pg_sys::BufferAccessStrategy,
     ) -> bool {
-        heapam_unless_ours!(scan, scan_analyze_next_block(scan, block, strategy));
+        heap_scan_unless_ours!(scan, scan_analyze_next_block(scan, block, strategy));
         // SAFETY: one of our scans; ANALYZE picked the block.
         unsafe { analyze_block(scan, block, strategy) }
     }
@@ -927,7 +917,7 @@ mod shaped {
         scan: pg_sys::TableScanDesc,
         stream: *mut pg_sys::ReadStream,
     ) -> bool {
-        heapam_unless_ours!(scan, scan_analyze_next_block(scan, stream));
+        heap_scan_unless_ours!(scan, scan_analyze_next_block(scan, stream));
         loop {
             let mut strategy: pg_sys::BufferAccessStrategy = std::ptr::null_mut();
             // SAFETY: ANALYZE's own stream, never read from.
@@ -948,7 +938,7 @@ mod shaped {
         scan: pg_sys::TableScanDesc,
         result: *mut pg_sys::TBMIterateResult,
     ) -> bool {
-        heapam_unless_ours!(scan, scan_bitmap_next_block(scan, result));
+        heap_scan_unless_ours!(scan, scan_bitmap_next_block(scan, result));
         let mut offsets = Vec::new();
         // SAFETY: the executor's current iteration result for one of our scans.
         unsafe { bitmap_page(scan, super::bitmap_page(result, &mut offsets)).unwrap_or(false) }
@@ -961,7 +951,7 @@ mod shaped {
         result: *mut pg_sys::TBMIterateResult,
         slot: *mut pg_sys::TupleTableSlot,
     ) -> bool {
-        heapam_unless_ours!(scan, scan_bitmap_next_tuple(scan, result, slot));
+        heap_scan_unless_ours!(scan, scan_bitmap_next_tuple(scan, result, slot));
         // SAFETY: one of our scans, on the page scan_bitmap_next_block loaded.
         unsafe { bitmap_tuple(scan, slot) }
     }
@@ -976,7 +966,7 @@ mod shaped {
         lossy_pages: *mut u64,
         exact_pages: *mut u64,
     ) -> bool {
-        heapam_unless_ours!(
+        heap_scan_unless_ours!(
             scan,
             scan_bitmap_next_tuple(scan, slot, recheck, lossy_pages, exact_pages)
         );

@@ -396,6 +396,30 @@ impl Drop for SeenAsWrapped {
     }
 }
 
+/// Makes a descriptor copy of a wrapper index the wrapped AM's own index:
+/// its routine, its own caches in the copy's context, and its own pg_class
+/// form naming the wrapped AM (the wrapped AM's code asserts that the index
+/// is its own, see SeenAsWrapped; the relcache's form keeps the wrapper's).
+///
+/// # Safety
+/// `copy` must be a fresh copy of `index`, a valid wrapper index relation.
+unsafe fn make_wrapped_index(copy: &RelationCopy, index: pg_sys::Relation) {
+    // SAFETY: guaranteed by the caller; everything lives in the copy's context.
+    unsafe {
+        let rel = copy.rel;
+        let form = pg_sys::MemoryContextAlloc(
+            copy.context,
+            std::mem::size_of::<pg_sys::FormData_pg_class>(),
+        ) as *mut pg_sys::FormData_pg_class;
+        std::ptr::copy_nonoverlapping((*index).rd_rel, form, 1);
+        (*form).relam = wraps((*form).relam).unwrap_or((*form).relam);
+        (*rel).rd_rel = form;
+        (*rel).rd_amcache = std::ptr::null_mut();
+        (*rel).rd_indexcxt = copy.context;
+        (*rel).rd_indam = wrapped_routine(index) as *const _ as *mut _;
+    }
+}
+
 /// Runs one call of the wrapped AM with `rel` seen as its own.
 macro_rules! as_wrapped {
     ($rel:expr, $call:expr) => {{
@@ -421,20 +445,9 @@ unsafe fn build_as_wrapped(
     // and its caches live in its own context, freed with it.
     unsafe {
         let routine = wrapped_routine(index);
-        let relam = (*(*index).rd_rel).relam;
-        let wrapped = wraps(relam).unwrap_or(relam);
         let copy = RelationCopy::new(index, c"cowclone wrapped build", std::ptr::null_mut());
         let rel = copy.rel;
-        let form = pg_sys::MemoryContextAlloc(
-            copy.context,
-            std::mem::size_of::<pg_sys::FormData_pg_class>(),
-        ) as *mut pg_sys::FormData_pg_class;
-        std::ptr::copy_nonoverlapping((*index).rd_rel, form, 1);
-        (*form).relam = wrapped;
-        (*rel).rd_rel = form;
-        (*rel).rd_amcache = std::ptr::null_mut();
-        (*rel).rd_indexcxt = copy.context;
-        (*rel).rd_indam = routine as *const _ as *mut _;
+        make_wrapped_index(&copy, index);
         let build = routine.ambuild.expect("every AM builds");
         let result = pg_call!(build(heap, rel, info));
         copy.close();
@@ -639,18 +652,7 @@ impl SourceIndex {
             let copy = RelationCopy::new(index, c"cowclone source index", home);
             let rel = copy.rel;
             compat::set_relation_locator(rel, locator);
-            // The wrapped AM's code asserts that the index is its own (see
-            // SeenAsWrapped); the copy gets its own form saying so.
-            let form = pg_sys::MemoryContextAlloc(
-                copy.context,
-                std::mem::size_of::<pg_sys::FormData_pg_class>(),
-            ) as *mut pg_sys::FormData_pg_class;
-            std::ptr::copy_nonoverlapping((*index).rd_rel, form, 1);
-            (*form).relam = wraps((*form).relam).unwrap_or((*form).relam);
-            (*rel).rd_rel = form;
-            (*rel).rd_amcache = std::ptr::null_mut();
-            (*rel).rd_indexcxt = copy.context;
-            (*rel).rd_indam = wrapped_routine(index) as *const _ as *mut _;
+            make_wrapped_index(&copy, index);
             let support =
                 (*(*rel).rd_indam).amsupport as usize * (*(*index).rd_rel).relnatts as usize;
             (*rel).rd_supportinfo = pg_sys::MemoryContextAllocZero(

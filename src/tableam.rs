@@ -62,10 +62,10 @@ unsafe fn source_of(rel: pg_sys::Relation) -> Option<PageSource> {
     unsafe {
         let view = clone_view::for_relation(&relation_name(rel))?;
         let permanent = (*(*rel).rd_rel).relpersistence == pg_sys::RELPERSISTENCE_PERMANENT as i8;
-        view.source_locator(crate::compat::relfilenode_of(rel))
+        view.source_locator(compat::relfilenode_of(rel))
             .map(|locator| {
                 // Keep the source's files open across transactions.
-                crate::compat::own_smgr(clone_view::smgr_home(locator), locator);
+                compat::own_smgr(clone_view::smgr_home(locator), locator);
                 PageSource::Source { locator, permanent }
             })
     }
@@ -91,15 +91,19 @@ unsafe fn local_blocks(rel: pg_sys::Relation) -> u32 {
 
 /// Hands a scan that is heapam's own (of a relation without a source part)
 /// back to heapam's callback of the same name.
+/// (compat's version-shaped scan callbacks use it too.)
 macro_rules! heap_scan_unless_ours {
     ($scan:expr, $callback:ident($($arg:expr),*)) => {
         // SAFETY: the scan was begun by scan_begin, ours or heapam's.
-        if !unsafe { is_cow_scan($scan) } {
-            let delegate = heap().$callback.expect("heapam implements every scan callback");
+        if !unsafe { $crate::tableam::is_cow_scan($scan) } {
+            let delegate = $crate::tableam::heap()
+                .$callback
+                .expect("heapam implements every scan callback");
             return pg_call!(delegate($($arg),*));
         }
     };
 }
+pub(crate) use heap_scan_unless_ours;
 
 /// Runs heapam's callback of the same name on the local heap (for a
 /// relation without a source part, the whole relation).
@@ -236,8 +240,7 @@ impl CowScan {
             } else {
                 self.base.rs_snapshot
             };
-            let hidden =
-                tombstone::hidden_set(crate::compat::relfilenode_of(self.base.rs_rd), snapshot);
+            let hidden = tombstone::hidden_set(compat::relfilenode_of(self.base.rs_rd), snapshot);
             self.hidden_len = hidden.len();
             if !hidden.is_empty() {
                 let bytes = std::mem::size_of::<(u32, u16)>() * hidden.len();
@@ -365,7 +368,7 @@ impl CowScan {
                 offset,
                 (*self.base.rs_rd).rd_id,
             );
-            crate::compat::store_buffer_tuple(&mut self.tuple, slot, self.buffer);
+            compat::store_buffer_tuple(&mut self.tuple, slot, self.buffer);
         }
     }
 
@@ -914,7 +917,7 @@ unsafe extern "C-unwind" fn relation_size(
             return local;
         }
         let source = clone_view::current()
-            .and_then(|view| view.source_locator(crate::compat::relfilenode_of(rel)))
+            .and_then(|view| view.source_locator(compat::relfilenode_of(rel)))
             .map(clone_view::source_block_count)
             .unwrap_or(0);
         local + source as u64 * BLCKSZ as u64
@@ -958,7 +961,7 @@ unsafe fn tombstones_allow(
             (*snapshot).xmin = pg_sys::InvalidTransactionId;
             (*snapshot).xmax = pg_sys::InvalidTransactionId;
         }
-        match tombstone::judge(crate::compat::relfilenode_of(rel), tid, snapshot) {
+        match tombstone::judge(compat::relfilenode_of(rel), tid, snapshot) {
             Verdict::Visible => true,
             Verdict::Hidden => false,
             Verdict::BeingChanged(xid) => {
@@ -1045,7 +1048,7 @@ unsafe extern "C-unwind" fn tuple_get_latest_tid(
             return;
         }
         let rel = (*sscan).rs_rd;
-        let relfilenode = crate::compat::relfilenode_of(rel);
+        let relfilenode = compat::relfilenode_of(rel);
         // Only a move the scan's snapshot sees leads on, and only to a
         // version it sees (heapam's rule: *tid changes to visible versions).
         let snapshot = (*sscan).rs_snapshot;
@@ -1224,7 +1227,7 @@ unsafe extern "C-unwind" fn index_fetch_tuple(
 pub unsafe fn is_shadowed(rel: pg_sys::Relation) -> bool {
     // SAFETY: guaranteed by the caller.
     clone_view::current()
-        .and_then(|view| view.source_locator(unsafe { crate::compat::relfilenode_of(rel) }))
+        .and_then(|view| view.source_locator(unsafe { compat::relfilenode_of(rel) }))
         .is_some()
 }
 
@@ -1334,7 +1337,7 @@ unsafe extern "C-unwind" fn tuple_update(
             Claim::Granted { tuple_lock, .. } => {
                 local_heap!(tuple_insert(rel, slot, cid, 0, std::ptr::null_mut()));
                 tombstone::record(
-                    crate::compat::relfilenode_of(rel),
+                    compat::relfilenode_of(rel),
                     &*otid,
                     tombstone::MOVED,
                     Some(&(*slot).tts_tid),
@@ -1383,7 +1386,7 @@ unsafe extern "C-unwind" fn tuple_delete(
             Claim::Granted { tuple_lock, .. } => {
                 let moved = changing_part.then(writes::moved_partitions_tid);
                 tombstone::record(
-                    crate::compat::relfilenode_of(rel),
+                    compat::relfilenode_of(rel),
                     &*tid,
                     tombstone::DELETED,
                     moved.as_ref(),
@@ -1438,7 +1441,7 @@ unsafe extern "C-unwind" fn tuple_lock(
             } => {
                 if !locked_by_us {
                     tombstone::record(
-                        crate::compat::relfilenode_of(rel),
+                        compat::relfilenode_of(rel),
                         &*tid,
                         tombstone::lock_kind(mode),
                         None,
@@ -1544,10 +1547,8 @@ unsafe fn build_from_source_rows(
         let t = clone_view::current()
             .expect("a source implies a view")
             .snapshot();
-        let hidden = tombstone::hidden_set(
-            crate::compat::relfilenode_of(table),
-            pg_sys::GetLatestSnapshot(),
-        );
+        let hidden =
+            tombstone::hidden_set(compat::relfilenode_of(table), pg_sys::GetLatestSnapshot());
         let estate = pg_sys::CreateExecutorState();
         let econtext = pg_sys::MakePerTupleExprContext(estate);
         let slot = pg_sys::table_slot_create(table, std::ptr::null_mut());
@@ -1568,7 +1569,7 @@ unsafe fn build_from_source_rows(
             for &offset in &offsets[..count] {
                 let tid_block = block + clone_view::SOURCE_BLOCK_BASE;
                 let mut tuple = heap_page::tuple_at(buffer, tid_block, offset, (*table).rd_id);
-                crate::compat::store_buffer_tuple(&mut tuple, slot, buffer);
+                compat::store_buffer_tuple(&mut tuple, slot, buffer);
                 pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
                 if !exec_qual(predicate, econtext) {
                     continue;

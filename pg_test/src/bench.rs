@@ -322,6 +322,14 @@ pub fn mb(bytes: i64) -> String {
     format!("{:.1} MB", bytes as f64 / 1_048_576.0)
 }
 
+/// The `tps = ...` figure of a pgbench run's output.
+pub fn pgbench_tps(out: &str) -> Result<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| Error(format!("no tps in pgbench output: {out}")))
+}
+
 /// One integer a query returns.
 pub fn number(cluster: &Cluster, db: &str, sql: &str) -> Result<i64> {
     let out = cluster.psql(db, sql)?;

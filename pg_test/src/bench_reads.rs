@@ -157,15 +157,7 @@ fn select_only_tps(cluster: &Cluster, db: &str, seconds: u32) -> Result<f64> {
         ]),
         "pgbench -S",
     )?;
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("tps = "))
-        .ok_or_else(|| Error(format!("no tps in pgbench output: {out}")))?;
-    line["tps = ".len()..]
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| Error(format!("unexpected pgbench line: {line}")))
+    crate::bench::pgbench_tps(&out)
 }
 
 fn mb(bytes: i64) -> String {

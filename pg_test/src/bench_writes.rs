@@ -84,11 +84,7 @@ fn tpcb_tps(cluster: &Cluster, db: &str, seconds: u32) -> Result<(f64, i64)> {
         ]),
         "pgbench (TPC-B)",
     )?;
-    let tps = out
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| Error(format!("no tps in pgbench output: {out}")))?;
+    let tps = crate::bench::pgbench_tps(&out)?;
     let failed = out
         .lines()
         .find_map(|l| l.strip_prefix("number of failed transactions: "))

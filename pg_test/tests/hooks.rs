@@ -7,8 +7,7 @@ use std::io::Write;
 
 mod common;
 
-use common::sqlstate;
-use pg_test::start_test_cluster;
+use common::{cloned_source, sqlstate};
 
 /// The CONTEXT PostgreSQL reported with an error.
 fn context_of(error: &postgres::Error) -> String {
@@ -21,17 +20,7 @@ fn context_of(error: &postgres::Error) -> String {
 
 #[test]
 fn errors_keep_their_context_in_sources_clones_and_other_databases() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster
-        .psql(
-            "prod",
-            "CREATE EXTENSION cowclone; CREATE TABLE t (i int PRIMARY KEY); INSERT INTO t VALUES (1)",
-        )
-        .unwrap();
-    cluster
-        .psql("prod", "SELECT cow.clone('prod', 'staging')")
-        .unwrap();
+    let cluster = cloned_source("CREATE TABLE t (i int PRIMARY KEY); INSERT INTO t VALUES (1)");
     for db in ["postgres", "prod", "staging"] {
         let mut client = cluster.connect(db).unwrap();
         // A utility statement (DO) whose error comes from deep inside it.

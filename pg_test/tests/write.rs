@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{contents, rich_schema, rows, sqlstate};
+use common::{cloned_source, contents, rich_schema, rows, sqlstate};
 use pg_test::{start_test_cluster, Cluster};
 
 fn tables(cluster: &Cluster, db: &str) -> Vec<String> {
@@ -280,20 +280,11 @@ fn until_waiting(cluster: &Cluster, db: &str) {
 
 #[test]
 fn writers_of_one_row_wait_recheck_and_fail_as_heap_writers_do() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster
-        .psql(
-            "prod",
-            "CREATE EXTENSION cowclone; \
-             CREATE TABLE t (id int PRIMARY KEY, v int); \
-             INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g; \
-             CREATE TABLE child (id int PRIMARY KEY, t_id int REFERENCES t)",
-        )
-        .unwrap();
-    cluster
-        .psql("prod", "SELECT cow.clone('prod', 'staging')")
-        .unwrap();
+    let cluster = cloned_source(
+        "CREATE TABLE t (id int PRIMARY KEY, v int); \
+         INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g; \
+         CREATE TABLE child (id int PRIMARY KEY, t_id int REFERENCES t)",
+    );
     let mut a = cluster.connect("staging").unwrap();
 
     // Compatible row locks on an unwritten source row do not wait for each
@@ -842,19 +833,10 @@ fn a_crash_while_writing_in_a_clone_loses_only_uncommitted_work() {
 
 #[test]
 fn savepoints_and_cursors_write_source_rows_as_heap_does() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster
-        .psql(
-            "prod",
-            "CREATE EXTENSION cowclone; \
-             CREATE TABLE t (id int PRIMARY KEY, v int); \
-             INSERT INTO t SELECT g, g * 10 FROM generate_series(1, 50) g",
-        )
-        .unwrap();
-    cluster
-        .psql("prod", "SELECT cow.clone('prod', 'staging')")
-        .unwrap();
+    let cluster = cloned_source(
+        "CREATE TABLE t (id int PRIMARY KEY, v int); \
+         INSERT INTO t SELECT g, g * 10 FROM generate_series(1, 50) g",
+    );
     let mut clone = cluster.connect("staging").unwrap();
     clone
         .batch_execute(
@@ -890,19 +872,10 @@ fn savepoints_and_cursors_write_source_rows_as_heap_does() {
 /// when its transaction failed.
 #[test]
 fn on_conflict_leaves_later_statements_planning_as_before() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster
-        .psql(
-            "prod",
-            "CREATE EXTENSION cowclone; \
-             CREATE TABLE t (id int PRIMARY KEY, v text); \
-             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g; ANALYZE t",
-        )
-        .unwrap();
-    cluster
-        .psql("prod", "SELECT cow.clone('prod', 'staging')")
-        .unwrap();
+    let cluster = cloned_source(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); \
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g; ANALYZE t",
+    );
     let mut clone = cluster.connect("staging").unwrap();
     let lookup = |clone: &mut postgres::Client, id: i32| -> Vec<String> {
         clone

@@ -7,6 +7,20 @@ use std::path::{Path, PathBuf};
 use pg_test::extension::workspace_root;
 use pg_test::Cluster;
 
+/// A test cluster whose database `prod` has cowclone and whatever `setup`
+/// makes, cloned as `staging`.
+pub fn cloned_source(setup: &str) -> Cluster {
+    let cluster = pg_test::start_test_cluster(|_| {}).unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql("prod", &format!("CREATE EXTENSION cowclone; {setup}"))
+        .unwrap();
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    cluster
+}
+
 pub fn rows(cluster: &Cluster, db: &str, sql: &str) -> Vec<String> {
     cluster
         .psql(db, sql)
