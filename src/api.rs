@@ -12,8 +12,12 @@ pub mod cow {
 
     use pgrx::PgSqlErrorCode;
 
-    use crate::error::CowError;
-    use crate::{clone, lineage, preload, snapshot};
+    use crate::create::clone;
+    use crate::lifecycle::reconcile;
+    use crate::pg::error::CowError;
+    use crate::pg::preload;
+    use crate::pin::snapshot;
+    use crate::state::record;
 
     fn timestamp(raw: i64) -> TimestampWithTimeZone {
         TimestampWithTimeZone::try_from(raw).expect("timestamps cowclone records are finite")
@@ -65,6 +69,8 @@ pub mod cow {
             )
             .raise()
         };
+        clone::refuse_unless_callable();
+        reconcile::remove_interrupted_clones();
         let outcome = clone::clone_database(source, target);
         TableIterator::once((
             target.to_string(),
@@ -98,7 +104,7 @@ pub mod cow {
             name!(pin_state, &'static str),
         ),
     > {
-        let rows: Vec<_> = lineage::all_records()
+        let rows: Vec<_> = record::all_records()
             .into_iter()
             .filter_map(|r| {
                 let clone = pg_sys::Oid::from(r.clone);
@@ -121,7 +127,7 @@ pub mod cow {
                     pg_sys::Oid::from(r.source),
                     r.source_name,
                     r.depth as i32,
-                    lineage::format_lsn(r.point.lsn),
+                    record::format_lsn(r.point.lsn),
                     timestamp(r.point.taken_at),
                     timestamp(r.created_at),
                     snapshot::slot_name(clone),

@@ -1,8 +1,8 @@
 //! cowclone: instant, zero-copy clones of a live database inside the running
 //! PostgreSQL cluster.
 //!
-//! The crate is laid out one module per concept; `docs/ARCHITECTURE.md`
-//! explains how they fit together and which ones exist yet.
+//! The crate is laid out one folder per stage of a clone's life and one
+//! module per concept; `docs/ARCHITECTURE.md` explains how they fit together.
 
 use pgrx::prelude::*;
 
@@ -19,30 +19,18 @@ macro_rules! pg_call {
     }};
 }
 
+// The stages of a clone's life, each a folder; a folder uses only those
+// listed before it (see docs/ARCHITECTURE.md, "Layout"; pg_test's layout
+// test enforces it).
+mod create;
+mod lifecycle;
+mod pg;
+mod pin;
+mod read;
+mod state;
+mod write;
+
 mod api;
-mod catalog_copy;
-mod clone;
-mod clone_view;
-mod compat;
-mod error;
-mod failpoint;
-mod guard;
-mod heap_page;
-mod hooks;
-mod indexam;
-mod lineage;
-mod page;
-mod preload;
-mod read_hooks;
-mod reconcile;
-mod relcopy;
-mod relmap;
-mod snapshot;
-mod source;
-mod tableam;
-mod tombstone;
-mod workers;
-mod writes;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -53,7 +41,72 @@ mod writes;
 /// `shared_preload_libraries`; `preload` decides and records which case this is.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    preload::on_library_load();
+    if pg::preload::on_library_load() {
+        lifecycle::guard::install();
+        read::hooks::install();
+        utility_hook::install();
+        pg::failpoint::define_setting();
+        pin::snapshot::define_settings();
+        lifecycle::workers::register();
+    }
+}
+
+/// cowclone's one ProcessUtility hook, here because it serves two stages:
+/// the source guard (`lifecycle`) and the clone's read path (`read`).
+mod utility_hook {
+    use pgrx::pg_sys;
+
+    use crate::{lifecycle, pg, read};
+
+    static mut PREVIOUS_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+    /// Installed once, while the postmaster preloads the library.
+    pub fn install() {
+        // SAFETY: runs once in the postmaster before any backend exists; hooks
+        // are plain globals chained by saving the previous value.
+        unsafe {
+            PREVIOUS_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+            pg_sys::ProcessUtility_hook = Some(process_utility);
+        }
+    }
+
+    /// cowclone's one utility hook: the source guard's checks, the wrapper
+    /// index access methods' translation and ANALYZE's read-ahead in clones
+    /// run in guarded functions around a direct pass-on.
+    #[allow(clippy::too_many_arguments)]
+    unsafe extern "C-unwind" fn process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    ) {
+        let call = pg::hooks::UtilityCall {
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        };
+        // SAFETY: PostgreSQL passes a valid planned utility statement; every
+        // value this frame holds is plain (pointers and OIDs).
+        unsafe {
+            let dropped_database = lifecycle::guard::check_utility(pstmt);
+            let call = read::hooks::with_wrapped_index_access_method(call);
+            let deferred = read::hooks::before_utility(call.pstmt);
+            pg::hooks::pass_on_utility(PREVIOUS_PROCESS_UTILITY, call);
+            read::hooks::restore_setting(deferred);
+            if dropped_database != pg_sys::InvalidOid {
+                lifecycle::guard::forget_dropped_clone(dropped_database);
+            }
+        }
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -3,9 +3,8 @@
 //! Deliberately free of pgrx: it must build and run on a machine where
 //! nothing is installed yet, because its first job (`setup`) is installing.
 
+pub mod apt;
 pub mod bench;
-pub mod bench_reads;
-pub mod bench_writes;
 pub mod cluster;
 pub mod demo;
 pub mod error;

@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pg_test::bench::BenchOptions;
-use pg_test::bench_reads::{self, ReadBenchOptions};
-use pg_test::bench_writes::{self, WriteBenchOptions};
+use pg_test::bench::Benchmark;
 use pg_test::cluster::{Cluster, ClusterConfig};
 use pg_test::extension::{build_and_install, Profile};
 use pg_test::install::{parse_major_choice, MajorChoice, PgInstall, DEFAULT_MAJOR};
@@ -193,31 +191,9 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
             )?;
             let pg = pg_of(&flags)?;
             setup::setup(&pg)?;
-            if flags.reads {
-                let options = if flags.quick {
-                    ReadBenchOptions::quick()
-                } else {
-                    ReadBenchOptions::standard()
-                };
-                return Ok(bench_reads::run(&pg, &options)?);
-            }
-            if flags.writes {
-                let options = if flags.quick {
-                    WriteBenchOptions::quick()
-                } else {
-                    WriteBenchOptions::standard()
-                };
-                return Ok(bench_writes::run(&pg, &options)?);
-            }
-            let mut options = if flags.quick {
-                BenchOptions::quick()
-            } else {
-                BenchOptions::standard()
-            };
-            if let Some(scales) = flags.scales {
-                options.scales = scales;
-            }
-            Ok(bench::run(&pg, &options)?)
+            let benchmark =
+                Benchmark::from_flags(flags.reads, flags.writes, flags.quick, flags.scales);
+            Ok(bench::run(&pg, &benchmark)?)
         }
         other => Err(UsageError(format!("unknown command '{other}'")).into()),
     }

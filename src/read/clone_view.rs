@@ -1,0 +1,158 @@
+//! What a backend connected to a clone sees of its source: the clone point T
+//! as an MVCC snapshot, where the source keeps each shadowed relation's
+//! storage (the TID spaces it reads through are `state::tid`'s).
+//!
+//! A backend's database never changes, so all of this is loaded once, from
+//! the clone's state file, the first time a shadowed relation is touched, and
+//! kept for the life of the process.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use crate::pg::compat::{self, RelLocator};
+use crate::pg::error::CowError;
+use crate::state::record;
+
+pub struct CloneView {
+    pub source: pg_sys::Oid,
+    /// T: judges every source tuple, whatever snapshot the query runs with.
+    snapshot: pg_sys::Snapshot,
+    /// Source relfilenodes this clone reads.
+    shadowed: HashSet<u32>,
+}
+
+// SAFETY: the view is built once per backend (PostgreSQL backends are
+// single-threaded) and never modified afterwards; the snapshot it points to
+// is leaked and immutable.
+unsafe impl Sync for CloneView {}
+// SAFETY: as above.
+unsafe impl Send for CloneView {}
+
+static VIEW: OnceLock<Option<CloneView>> = OnceLock::new();
+
+/// This backend's view of its source, or None outside a clone.
+pub fn current() -> Option<&'static CloneView> {
+    VIEW.get_or_init(|| {
+        // SAFETY: MyDatabaseId is set once the backend has connected, before
+        // any relation can be opened.
+        let database = unsafe { pg_sys::MyDatabaseId };
+        record::read_record(database).map(|record| CloneView {
+            source: pg_sys::Oid::from(record.source),
+            snapshot: leak_snapshot(&record.point),
+            shadowed: record.shadowed.iter().map(|s| s.relfilenode).collect(),
+        })
+    })
+    .as_ref()
+}
+
+/// This backend's view if this database is a clone. A database without a
+/// record is not a clone (a `cow` relation there, restored from a clone's
+/// dump say, is a plain heap) unless a pin is still named after it: then it
+/// is a clone whose state file is gone, and its rows cannot be found.
+pub fn for_relation(relation: &str) -> Option<&'static CloneView> {
+    static LOST: OnceLock<bool> = OnceLock::new();
+    if let Some(view) = current() {
+        return Some(view);
+    }
+    // SAFETY: MyDatabaseId is set once the backend has connected.
+    let lost = *LOST.get_or_init(|| {
+        crate::pin::snapshot::pin_age(unsafe { pg_sys::MyDatabaseId }).1
+            != crate::pin::snapshot::PinState::Missing
+    });
+    if lost {
+        required(relation);
+    }
+    None
+}
+
+/// The view, raising an error naming `relation` if this database has no
+/// clone record (its state file is gone): its rows cannot be found.
+pub fn required(relation: &str) -> &'static CloneView {
+    current().unwrap_or_else(|| {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("relation \"{relation}\" is shadowed but this database has no clone record"),
+        )
+        .detail("The clone's state file in $PGDATA/pg_cowclone is missing, so its source and clone point are unknown.")
+        .hint("Drop this database and clone it again.")
+        .raise()
+    })
+}
+
+impl CloneView {
+    /// T as a snapshot. Never registered: it is static for the process and
+    /// only ever passed to visibility checks.
+    pub fn snapshot(&self) -> pg_sys::Snapshot {
+        self.snapshot
+    }
+
+    /// Where the source keeps the storage a relation of the clone shadows, if
+    /// it shadows any. Same OIDs everywhere: the clone's relfilenode is the
+    /// source's.
+    pub fn source_locator(&self, relfilenode: pg_sys::Oid) -> Option<RelLocator> {
+        self.shadowed
+            .contains(&u32::from(relfilenode))
+            .then(|| compat::rel_locator(pg_sys::DEFAULTTABLESPACE_OID, self.source, relfilenode))
+    }
+}
+
+thread_local! {
+    /// Owner fields for the source's storage handles, one per relfilenode,
+    /// boxed so their addresses never move.
+    static OWNED_SMGR: std::cell::RefCell<std::collections::HashMap<u32, Box<pg_sys::SMgrRelation>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The owner field that keeps a source relation's files open in this
+/// backend, as the relcache does for its own relations: without it the
+/// handle would be closed, and its files reopened, at every transaction end.
+pub fn smgr_home(locator: RelLocator) -> *mut pg_sys::SMgrRelation {
+    let relfilenode = u32::from(compat::locator_relfilenode(&locator));
+    OWNED_SMGR.with(|owned| {
+        let mut owned = owned.borrow_mut();
+        let home = owned
+            .entry(relfilenode)
+            .or_insert_with(|| Box::new(std::ptr::null_mut()));
+        &mut **home as *mut pg_sys::SMgrRelation
+    })
+}
+
+/// Number of blocks of a shadowed relation's source main fork, which always
+/// exists (the source guard keeps it), through the backend's owned handle.
+pub fn source_block_count(locator: RelLocator) -> u32 {
+    // SAFETY: the home field lives for the process; smgrnblocks opens the
+    // file if needed and raises if it is missing.
+    unsafe {
+        let smgr = compat::own_smgr(smgr_home(locator), locator);
+        pg_sys::smgrnblocks(smgr, pg_sys::ForkNumber::MAIN_FORKNUM)
+    }
+}
+
+/// Builds T as a process-lifetime MVCC snapshot. Every transaction running at
+/// T (subtransactions included) is in `xip`, so `suboverflowed` is false and
+/// pg_subtrans is never consulted.
+fn leak_snapshot(point: &crate::pin::snapshot::ClonePoint) -> pg_sys::Snapshot {
+    let running: &'static mut [pg_sys::TransactionId] = Box::leak(
+        point
+            .running
+            .iter()
+            .map(|&xid| pg_sys::TransactionId::from(xid))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    );
+    // SAFETY: SnapshotData is a plain C struct for which all-zero is a valid
+    // (empty) value; the fields an MVCC check reads are set below.
+    let mut snapshot: pg_sys::SnapshotData = unsafe { std::mem::zeroed() };
+    snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_MVCC;
+    snapshot.xmin = pg_sys::TransactionId::from(point.xmin);
+    snapshot.xmax = pg_sys::TransactionId::from(point.xmax);
+    snapshot.xip = running.as_mut_ptr();
+    snapshot.xcnt = running.len() as u32;
+    snapshot.suboverflowed = false;
+    snapshot.takenDuringRecovery = false;
+    snapshot.copied = true;
+    compat::set_snapshot_lsn(&mut snapshot, point.lsn);
+    Box::leak(Box::new(snapshot))
+}
