@@ -336,7 +336,8 @@ fn bad_input_is_refused_and_leaves_nothing() {
         .psql(
             "postgres",
             "CREATE ROLE nobody LOGIN; CREATE ROLE builder LOGIN CREATEDB; CREATE ROLE outsider LOGIN CREATEDB; \
-             REVOKE CONNECT ON DATABASE prod FROM PUBLIC; GRANT CONNECT ON DATABASE prod TO builder;",
+             ALTER DATABASE prod OWNER TO builder; REVOKE CONNECT ON DATABASE prod FROM PUBLIC; \
+             GRANT CONNECT ON DATABASE prod TO outsider;",
         )
         .unwrap();
     let before = footprint(&cluster);
@@ -383,7 +384,7 @@ fn bad_input_is_refused_and_leaves_nothing() {
     cluster.psql("postgres", "DROP EXTENSION cowclone").unwrap();
     assert_eq!(footprint(&cluster), before, "refusals leave nothing behind");
 
-    // CREATEDB plus CONNECT on the source is enough; the clone belongs to its maker.
+    // Its owner with CREATEDB may clone it; the clone belongs to its maker.
     let mut builder = cluster.connect_as("builder", "prod").unwrap();
     builder
         .batch_execute("SELECT cow.clone('prod', 'mine')")
@@ -566,4 +567,87 @@ fn the_pin_holds_back_vacuum_exactly_for_what_the_clone_point_sees() {
         (200, 0),
         "dropping the clone releases its pin"
     );
+}
+
+/// Who may clone follows PostgreSQL's rule for `CREATE DATABASE ... TEMPLATE`,
+/// one case each; a refusal leaves nothing behind.
+#[test]
+fn who_may_clone_follows_the_rule_of_create_database_template() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster
+        .psql(
+            "postgres",
+            "CREATE ROLE owner_role LOGIN CREATEDB; CREATE ROLE member_role LOGIN CREATEDB; \
+             CREATE ROLE stranger LOGIN CREATEDB; CREATE ROLE member_without_createdb LOGIN; \
+             GRANT owner_role TO member_role; GRANT owner_role TO member_without_createdb;",
+        )
+        .unwrap();
+    for create in [
+        "CREATE DATABASE prod OWNER owner_role",
+        "CREATE DATABASE tmpl OWNER owner_role IS_TEMPLATE true",
+    ] {
+        cluster.psql("postgres", create).unwrap();
+    }
+    for (db, value) in [("prod", 1), ("tmpl", 2)] {
+        cluster
+            .psql(
+                db,
+                &format!(
+                    "CREATE EXTENSION cowclone; CREATE TABLE t (i int); INSERT INTO t VALUES ({value}); \
+                     ALTER TABLE t OWNER TO owner_role;"
+                ),
+            )
+            .unwrap();
+    }
+    let before = footprint(&cluster);
+
+    for role in ["stranger", "member_without_createdb"] {
+        let mut client = cluster.connect_as(role, "prod").unwrap();
+        let error = client
+            .batch_execute("SELECT cow.clone('prod', 'refused')")
+            .unwrap_err();
+        assert_eq!(sqlstate(&error), "42501", "{role}: {error}");
+        let db_error = error.as_db_error().expect("a server error");
+        assert!(
+            db_error
+                .detail()
+                .unwrap_or_default()
+                .contains("CREATE DATABASE ... TEMPLATE"),
+            "{role}: the detail states the rule: {db_error:?}"
+        );
+        assert!(
+            db_error.hint().unwrap_or_default().contains("owner_role"),
+            "{role}: the hint names the owner: {db_error:?}"
+        );
+    }
+    assert_eq!(footprint(&cluster), before, "refusals leave nothing behind");
+
+    let allowed = [
+        ("postgres", "prod", "by_superuser", "1"),
+        ("owner_role", "prod", "by_owner", "1"),
+        ("member_role", "prod", "by_member", "1"),
+        ("stranger", "tmpl", "from_template", "2"),
+    ];
+    for (role, source, target, value) in allowed {
+        let mut client = cluster.connect_as(role, "prod").unwrap();
+        client
+            .batch_execute(&format!("SELECT cow.clone('{source}', '{target}')"))
+            .unwrap_or_else(|e| panic!("{role} clones {source}: {e}"));
+        assert_eq!(
+            rows(
+                &cluster,
+                "postgres",
+                &format!(
+                    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{target}'"
+                )
+            ),
+            [role],
+            "the clone belongs to its maker"
+        );
+        assert_eq!(rows(&cluster, target, "SELECT i FROM t"), [value]);
+        cluster
+            .psql("postgres", &format!("DROP DATABASE {target}"))
+            .unwrap();
+    }
+    assert_eq!(footprint(&cluster), before);
 }

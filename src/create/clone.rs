@@ -95,16 +95,54 @@ fn lock_target_name(target: &str) {
     };
 }
 
+/// Who may clone follows PostgreSQL's rule for `CREATE DATABASE ... TEMPLATE`
+/// (createdb in dbcommands.c): a superuser; or a role with CREATEDB that has
+/// the privileges of the source's owner, or any role with CREATEDB when the
+/// source is marked `datistemplate`. A clone pins its source and makes the
+/// source guard refuse the owner's TRUNCATE, VACUUM FULL and DROP DATABASE,
+/// so CONNECT alone must not be enough.
 fn check_privileges(source: pg_sys::Oid, source_name: &str) {
-    // SAFETY: plain privilege checks of the current user inside a transaction.
-    let allowed = unsafe {
-        pg_sys::superuser()
-            || (pg_sys::have_createdb_privilege() && crate::pg::compat::may_connect_to(source))
+    // SAFETY: plain privilege checks of the current user and a syscache
+    // lookup inside a transaction; the form is read before its release.
+    let (allowed, owner) = unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+            pg_sys::Datum::from(source),
+        );
+        if tuple.is_null() {
+            CowError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
+                format!("database \"{source_name}\" does not exist"),
+            )
+            .raise();
+        }
+        let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+        let (owner, is_template) = (form.datdba, form.datistemplate);
+        pg_sys::ReleaseSysCache(tuple);
+        let user = pg_sys::GetUserId();
+        let allowed = pg_sys::superuser()
+            || (pg_sys::have_createdb_privilege()
+                && (is_template || pg_sys::has_privs_of_role(user, owner)));
+        (allowed, owner)
     };
     if !allowed {
-        CowError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied to clone database \"{source_name}\""))
-            .detail("Cloning requires superuser, or the CREATEDB attribute plus CONNECT privilege on the source.")
-            .raise();
+        // SAFETY: a syscache lookup; null (no error) for a dropped role.
+        let owner_name = unsafe { pg_sys::GetUserNameFromId(owner, true) };
+        let owner_name = if owner_name.is_null() {
+            format!("{}", u32::from(owner))
+        } else {
+            // SAFETY: a palloc'd NUL-terminated name.
+            unsafe { std::ffi::CStr::from_ptr(owner_name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to clone database \"{source_name}\""),
+        )
+        .detail("Cloning follows the rule of CREATE DATABASE ... TEMPLATE: it requires superuser, or the CREATEDB attribute plus the privileges of the role that owns the source, or the CREATEDB attribute when the source is a template (datistemplate).")
+        .hint(format!("Database \"{source_name}\" is owned by role \"{owner_name}\": a member of that role with CREATEDB may clone it, or its owner can mark it with ALTER DATABASE ... IS_TEMPLATE true."))
+        .raise();
     }
 }
 

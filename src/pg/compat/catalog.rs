@@ -1,5 +1,5 @@
 //! Catalog rows whose columns changed between majors: a database's locale
-//! and login event triggers, connection privileges, inheritance.
+//! and login event triggers, inheritance.
 
 use pgrx::pg_sys;
 
@@ -13,27 +13,6 @@ unsafe extern "C" {
         lockmode: std::ffi::c_int,
         parents: *mut *mut pg_sys::List,
     ) -> *mut pg_sys::List;
-}
-
-/// Whether the current user may connect to a database.
-pub fn may_connect_to(database: pg_sys::Oid) -> bool {
-    // SAFETY: a plain catalog privilege check inside a transaction.
-    unsafe {
-        #[cfg(before_pg16)]
-        let result = pg_sys::pg_database_aclcheck(
-            database,
-            pg_sys::GetUserId(),
-            pg_sys::ACL_CONNECT as pg_sys::AclMode,
-        );
-        #[cfg(not(before_pg16))]
-        let result = pg_sys::object_aclcheck(
-            pg_sys::DatabaseRelationId,
-            database,
-            pg_sys::GetUserId(),
-            pg_sys::ACL_CONNECT as pg_sys::AclMode,
-        );
-        result == pg_sys::AclResult::ACLCHECK_OK
-    }
 }
 
 /// A table and all its partitions and inheritance children (no new locks).
