@@ -102,28 +102,14 @@ fn lock_target_name(target: &str) {
 /// source guard refuse the owner's TRUNCATE, VACUUM FULL and DROP DATABASE,
 /// so CONNECT alone must not be enough.
 fn check_privileges(source: pg_sys::Oid, source_name: &str) {
-    // SAFETY: plain privilege checks of the current user and a syscache
-    // lookup inside a transaction; the form is read before its release.
-    let (allowed, owner) = unsafe {
-        let tuple = pg_sys::SearchSysCache1(
-            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
-            pg_sys::Datum::from(source),
-        );
-        if tuple.is_null() {
-            CowError::new(
-                PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
-                format!("database \"{source_name}\" does not exist"),
-            )
-            .raise();
-        }
-        let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-        let (owner, is_template) = (form.datdba, form.datistemplate);
-        pg_sys::ReleaseSysCache(tuple);
-        let user = pg_sys::GetUserId();
-        let allowed = pg_sys::superuser()
+    let (owner, is_template) = with_database_row(source, source_name, |_, form| {
+        (form.datdba, form.datistemplate)
+    });
+    // SAFETY: plain privilege checks of the current user inside a transaction.
+    let allowed = unsafe {
+        pg_sys::superuser()
             || (pg_sys::have_createdb_privilege()
-                && (is_template || pg_sys::has_privs_of_role(user, owner)));
-        (allowed, owner)
+                && (is_template || pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner)))
     };
     if !allowed {
         // SAFETY: a syscache lookup; null (no error) for a dropped role.
@@ -146,8 +132,12 @@ fn check_privileges(source: pg_sys::Oid, source_name: &str) {
     }
 }
 
-/// Reads what the clone needs of the source's `pg_database` row.
-fn source_info(oid: pg_sys::Oid, name: &str) -> SourceInfo {
+/// Runs `read` on a database's `pg_database` row (3D000 if there is none).
+fn with_database_row<R>(
+    oid: pg_sys::Oid,
+    name: &str,
+    read: impl FnOnce(pg_sys::HeapTuple, &pg_sys::FormData_pg_database) -> R,
+) -> R {
     // SAFETY: syscache lookup and release inside a transaction; the form is
     // read before the tuple is released.
     unsafe {
@@ -163,16 +153,22 @@ fn source_info(oid: pg_sys::Oid, name: &str) -> SourceInfo {
             .raise();
         }
         let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-        let info = SourceInfo {
-            tablespace: form.dattablespace,
-            frozen_xid: form.datfrozenxid,
-            min_multi: form.datminmxid,
-            locale: compat::database_locale(tuple),
-            has_login_event_triggers: compat::has_login_event_triggers(form),
-        };
+        let result = read(tuple, form);
         pg_sys::ReleaseSysCache(tuple);
-        info
+        result
     }
+}
+
+/// Reads what the clone needs of the source's `pg_database` row.
+fn source_info(oid: pg_sys::Oid, name: &str) -> SourceInfo {
+    with_database_row(oid, name, |tuple, form| SourceInfo {
+        tablespace: form.dattablespace,
+        frozen_xid: form.datfrozenxid,
+        min_multi: form.datminmxid,
+        // SAFETY: the row's tuple, valid while `read` runs.
+        locale: unsafe { compat::database_locale(tuple) },
+        has_login_event_triggers: compat::has_login_event_triggers(form),
+    })
 }
 
 /// The cowclone access methods as OIDs of the source's catalog, keyed by
