@@ -14,8 +14,8 @@ use crate::pg::page::{
     LP_REDIRECT,
 };
 
-/// MaxHeapTuplesPerPage for 8 kB pages.
-pub const MAX_TUPLES_PER_PAGE: usize = 291;
+/// The most tuples a heap page holds (PostgreSQL's `MaxHeapTuplesPerPage`).
+pub const MAX_TUPLES_PER_PAGE: usize = compat::MAX_HEAP_TUPLES_PER_PAGE;
 
 /// Where a page comes from.
 #[derive(Clone, Copy)]

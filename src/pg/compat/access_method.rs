@@ -139,17 +139,6 @@ pub unsafe fn share_scan_instrumentation(
     let _ = (inner, outer);
 }
 
-/// PostgreSQL's `MaxHeapTuplesPerPage` (a macro bindgen cannot see): the
-/// most line pointers a heap page can hold.
-#[cfg(not(before_pg18))]
-const MAX_HEAP_TUPLES_PER_PAGE: usize = {
-    let header = std::mem::offset_of!(pg_sys::PageHeaderData, pd_linp);
-    let tuple_header = std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_bits);
-    let aligned_tuple_header = tuple_header.next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize);
-    (pg_sys::BLCKSZ as usize - header)
-        / (aligned_tuple_header + std::mem::size_of::<pg_sys::ItemIdData>())
-};
-
 /// One page of a TID bitmap: its block, and either the offsets it names or
 /// `None` for a lossy page (every tuple, to be rechecked).
 pub struct BitmapPage<'a> {
@@ -185,7 +174,7 @@ unsafe fn bitmap_page<'a>(
         {
             let lossy = (*result).lossy;
             if !lossy {
-                offsets.resize(MAX_HEAP_TUPLES_PER_PAGE, 0);
+                offsets.resize(super::storage::MAX_HEAP_TUPLES_PER_PAGE, 0);
                 let n = pg_sys::tbm_extract_page_tuple(
                     result,
                     offsets.as_mut_ptr(),

@@ -281,6 +281,18 @@ pub unsafe fn let_go_of_smgr(owner: *mut pg_sys::SMgrRelation) {
 #[repr(C, align(4096))]
 struct IoAlignedBlock([u8; pg_sys::BLCKSZ as usize]);
 
+/// PostgreSQL's `MaxHeapTuplesPerPage` (a macro bindgen cannot see): the
+/// most line pointers a heap page can hold.
+pub const MAX_HEAP_TUPLES_PER_PAGE: usize = {
+    let header = std::mem::offset_of!(pg_sys::PageHeaderData, pd_linp);
+    let tuple_header = std::mem::offset_of!(pg_sys::HeapTupleHeaderData, t_bits);
+    let aligned_tuple_header = tuple_header.next_multiple_of(pg_sys::MAXIMUM_ALIGNOF as usize);
+    (pg_sys::BLCKSZ as usize - header)
+        / (aligned_tuple_header + std::mem::size_of::<pg_sys::ItemIdData>())
+};
+// 291 on 8 kB pages, the value cowclone used as a literal before.
+const _: () = assert!(pg_sys::BLCKSZ != 8192 || MAX_HEAP_TUPLES_PER_PAGE == 291);
+
 /// Appends `page` (a full block) to a fork as block `block`.
 /// `skip_fsync`: the caller makes the contents durable another way (WAL).
 ///
