@@ -13,10 +13,11 @@ pub mod cow {
     use pgrx::PgSqlErrorCode;
 
     use crate::create::clone;
-    use crate::lifecycle::reconcile;
+    use crate::lifecycle::{reconcile, workers};
     use crate::pg::error::CowError;
     use crate::pg::preload;
-    use crate::pin::snapshot;
+    use crate::pin::age::{self, Scope};
+    use crate::pin::slot;
     use crate::state::record;
 
     fn timestamp(raw: i64) -> TimestampWithTimeZone {
@@ -72,6 +73,7 @@ pub mod cow {
         clone::refuse_unless_callable();
         reconcile::remove_interrupted_clones();
         let outcome = clone::clone_database(source, target);
+        workers::ensure_holder(outcome.source_oid, source);
         TableIterator::once((
             target.to_string(),
             pg_sys::Oid::from(outcome.clone_oid),
@@ -118,9 +120,10 @@ pub mod cow {
                 let name = unsafe { std::ffi::CStr::from_ptr(name) }
                     .to_string_lossy()
                     .into_owned();
-                let (age, state) = snapshot::pin_age(clone);
-                if let (snapshot::PinState::Old, Some(age)) = (state, age) {
-                    snapshot::warn_if_old(clone, &name, age);
+                let source = pg_sys::Oid::from(r.source);
+                let (pin_age, state) = age::pin_age(source, r.point.xmin);
+                if let (age::PinState::Old, Some(pin_age)) = (state, pin_age) {
+                    age::warn_if_old(&r.source_name, &name, pin_age);
                 }
                 Some((
                     clone,
@@ -130,10 +133,75 @@ pub mod cow {
                     record::format_lsn(r.point.lsn),
                     timestamp(r.point.taken_at),
                     timestamp(r.created_at),
-                    snapshot::slot_name(clone),
-                    age,
+                    slot::source_slot_name(source),
+                    pin_age,
                     state.label(),
                 ))
+            })
+            .collect();
+        TableIterator::new(rows)
+    }
+
+    /// One row per source with live clones (or a slot left to release):
+    /// which clone holds its horizon, how old it is, and where it is in force.
+    #[pg_extern(volatile, name = "_pins")]
+    #[allow(clippy::type_complexity)]
+    fn pins() -> TableIterator<
+        'static,
+        (
+            name!(source_oid, pg_sys::Oid),
+            name!(source_name, String),
+            name!(clones, i64),
+            name!(scope, &'static str),
+            name!(holder_pid, Option<i32>),
+            name!(horizon_clone_oid, Option<pg_sys::Oid>),
+            name!(horizon_xmin, Option<i64>),
+            name!(horizon_age, Option<i64>),
+            name!(slot_name, String),
+        ),
+    > {
+        let records = record::all_records();
+        let mut sources: Vec<pg_sys::Oid> = records
+            .iter()
+            .map(|r| pg_sys::Oid::from(r.source))
+            .chain(slot::source_slots().into_iter().map(|(s, _)| s))
+            .collect();
+        sources.sort_unstable_by_key(|s| u32::from(*s));
+        sources.dedup();
+        let rows: Vec<_> = sources
+            .into_iter()
+            .map(|source| {
+                let clones: Vec<_> = records
+                    .iter()
+                    .filter(|r| r.source == u32::from(source))
+                    .collect();
+                let state = slot::source_slot(source);
+                let scope = Scope::of(state);
+                // The clone whose clone point is oldest holds the horizon.
+                let horizon = clones.iter().copied().reduce(|a, b| {
+                    let (xa, xb) = (a.point.xmin, b.point.xmin);
+                    // SAFETY: a pure comparison of two transaction ids.
+                    if unsafe { pg_sys::TransactionIdPrecedes(xb.into(), xa.into()) } {
+                        b
+                    } else {
+                        a
+                    }
+                });
+                let name = clones
+                    .first()
+                    .map(|r| r.source_name.clone())
+                    .unwrap_or_else(|| u32::from(source).to_string());
+                (
+                    source,
+                    name,
+                    clones.len() as i64,
+                    scope.label(),
+                    state.and_then(|s| (s.active_pid != 0).then_some(s.active_pid)),
+                    horizon.map(|r| pg_sys::Oid::from(r.clone)),
+                    state.map(|s| s.xmin as i64),
+                    state.map(|s| age::age_of(s.xmin)),
+                    slot::source_slot_name(source),
+                )
             })
             .collect();
         TableIterator::new(rows)
@@ -170,7 +238,7 @@ SELECT c.clone_oid,
   FROM cow._clone_records() c
   JOIN pg_database d ON d.oid = c.clone_oid
   LEFT JOIN pg_database s ON s.oid = c.source_oid;
-COMMENT ON VIEW cow.clones IS 'Every clone in the cluster: source, clone point, status, and the age and state (ok, warning past cow.pin_warn_age, missing) of its pin';
+COMMENT ON VIEW cow.clones IS 'Every clone in the cluster: source, clone point, status, and the age and state (source-only, cluster-wide, warning past cow.pin_warn_age, missing) of its pin';
 
 CREATE FUNCTION cow.lineage(db name) RETURNS SETOF cow.clones
 LANGUAGE plpgsql STABLE AS $$
@@ -193,4 +261,25 @@ COMMENT ON FUNCTION cow.lineage(name) IS 'A database''s ancestry: itself, its so
 "#,
     name = "lineage_views",
     requires = [cow::clone_records],
+);
+
+extension_sql!(
+    r#"
+CREATE VIEW cow.pins AS
+SELECT p.source_oid,
+       coalesce(s.datname, p.source_name::name) AS source,
+       p.clones,
+       p.scope,
+       p.holder_pid,
+       h.datname AS horizon_clone,
+       p.horizon_xmin::text::xid AS horizon_xmin,
+       p.horizon_age,
+       p.slot_name
+  FROM cow._pins() p
+  LEFT JOIN pg_database s ON s.oid = p.source_oid
+  LEFT JOIN pg_database h ON h.oid = p.horizon_clone_oid;
+COMMENT ON VIEW cow.pins IS 'One row per source with clones: whether its pin holds back only the source (source-only, its holder connected) or every database (cluster-wide, no holder running), the holder''s pid, the clone whose clone point holds the horizon, and its age';
+"#,
+    name = "pins_view",
+    requires = [cow::pins],
 );

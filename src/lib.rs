@@ -46,7 +46,7 @@ pub extern "C-unwind" fn _PG_init() {
         read::hooks::install();
         utility_hook::install();
         pg::failpoint::define_setting();
-        pin::snapshot::define_settings();
+        pin::age::define_settings();
         lifecycle::workers::register();
     }
 }

@@ -317,6 +317,19 @@ impl Cluster {
         self.connect_as(SUPERUSER, dbname)
     }
 
+    /// How to connect as the superuser, for a thread that outlives one
+    /// connection (it reconnects across restarts).
+    pub fn client_config(&self, dbname: &str) -> postgres::Config {
+        let mut config = postgres::Config::new();
+        config
+            .host_path(&self.dir)
+            .port(self.config.port)
+            .user(SUPERUSER)
+            .dbname(dbname)
+            .application_name("cowclone-pg_test");
+        config
+    }
+
     /// A real client connection as `role` (trust authentication).
     pub fn connect_as(&self, role: &str, dbname: &str) -> Result<postgres::Client> {
         postgres::Config::new()

@@ -45,7 +45,28 @@ pub fn build_and_install(pg: &PgInstall, profile: Profile) -> Result<()> {
         cmd.arg("--release");
     }
     run_captured(&mut cmd, "cargo pgrx install")?;
+    install_older_releases(pg)?;
     println!("installed ({:.1} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Copies older releases' install scripts (`sql/cowclone--A.sql`) next to
+/// the generated one, so a test can install A and upgrade it in place;
+/// `cargo pgrx install` copies only the upgrade scripts.
+fn install_older_releases(pg: &PgInstall) -> Result<()> {
+    let out = run_captured(Command::new(pg.pg_config()).arg("--sharedir"), "pg_config")?;
+    let extension_dir = PathBuf::from(out.trim()).join("extension");
+    for entry in std::fs::read_dir(workspace_root().join("sql"))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let is_release_script = name
+            .strip_prefix("cowclone--")
+            .and_then(|v| v.strip_suffix(".sql"))
+            .is_some_and(|v| !v.contains("--"));
+        if is_release_script {
+            std::fs::copy(&path, extension_dir.join(name))?;
+        }
+    }
     Ok(())
 }
 

@@ -204,11 +204,11 @@ fn clone_reproduces_the_source_catalog() {
     );
     assert_eq!(
         lineage,
-        ["staging|prod|1|shadowed|cowclone_".to_string()
+        ["staging|prod|1|shadowed|cowclone_source_".to_string()
             + &rows(
                 &cluster,
                 "postgres",
-                "SELECT oid FROM pg_database WHERE datname = 'staging'"
+                "SELECT oid FROM pg_database WHERE datname = 'prod'"
             )[0]
             + "|t"]
     );
@@ -410,19 +410,26 @@ fn bad_input_is_refused_and_leaves_nothing() {
 }
 
 #[test]
-fn a_clone_needs_a_free_replication_slot_and_says_so() {
+fn the_first_clone_of_a_source_needs_a_free_replication_slot_and_says_so() {
     let cluster =
         start_test_cluster(|config| config.settings.push("max_replication_slots = 1".into()))
             .unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
-    cluster
-        .psql("prod", "SELECT cow.clone('prod', 'first')")
-        .unwrap();
+    for db in ["prod", "prod2"] {
+        cluster
+            .psql("postgres", &format!("CREATE DATABASE {db}"))
+            .unwrap();
+        cluster.psql(db, "CREATE EXTENSION cowclone").unwrap();
+    }
+    // Clones of one source share its slot.
+    for clone in ["first", "second"] {
+        cluster
+            .psql("prod", &format!("SELECT cow.clone('prod', '{clone}')"))
+            .unwrap();
+    }
     let before = footprint(&cluster);
-    let mut client = cluster.connect("prod").unwrap();
+    let mut client = cluster.connect("prod2").unwrap();
     let error = client
-        .batch_execute("SELECT cow.clone('prod', 'second')")
+        .batch_execute("SELECT cow.clone('prod2', 'other')")
         .unwrap_err();
     assert_eq!(
         sqlstate(&error),
@@ -437,10 +444,22 @@ fn a_clone_needs_a_free_replication_slot_and_says_so() {
     assert!(hint.contains("max_replication_slots"), "{hint}");
     client.batch_execute("SELECT 1").unwrap();
     assert_eq!(footprint(&cluster), before, "nothing half-created");
-    // Dropping a clone frees its slot for the next one.
+    // Dropping a source's last clone frees its slot for the next source.
     cluster.psql("postgres", "DROP DATABASE first").unwrap();
+    cluster.psql("postgres", "DROP DATABASE second").unwrap();
+    common::wait_until(
+        "the slot to be released",
+        std::time::Duration::from_secs(30),
+        || {
+            rows(
+                &cluster,
+                "postgres",
+                "SELECT count(*) FROM pg_replication_slots",
+            ) == ["0"]
+        },
+    );
     client
-        .batch_execute("SELECT cow.clone('prod', 'second')")
+        .batch_execute("SELECT cow.clone('prod2', 'other')")
         .unwrap();
 }
 

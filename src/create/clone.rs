@@ -17,7 +17,8 @@ use crate::pg::compat::{self, DatabaseLocale};
 use crate::pg::error::CowError;
 use crate::pg::failpoint;
 use crate::pg::preload;
-use crate::pin::snapshot;
+use crate::pin::slot;
+use crate::pin::snapshot::{self, PinTaken};
 use crate::read::indexam;
 use crate::state::record::{self, CloneRecord, ShadowedStorage};
 
@@ -28,6 +29,7 @@ const DB_ROLE_SETTING_RELATION_ID: pg_sys::Oid = pg_sys::Oid::from_u32(2964);
 /// What `cow.clone` reports.
 pub struct CloneOutcome {
     pub clone_oid: u32,
+    pub source_oid: pg_sys::Oid,
     pub clone_point_lsn: String,
     pub clone_point_time: i64,
     pub catalog_relations: i64,
@@ -260,8 +262,10 @@ fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
 #[derive(Clone, Copy)]
 struct Pending {
     clone: pg_sys::Oid,
-    /// Once persisted, the pin is no longer dropped by PostgreSQL on error.
-    pin_persisted: bool,
+    source: pg_sys::Oid,
+    /// This clone made its source's slot and persisted it: PostgreSQL no
+    /// longer drops it on error, and no other clone relies on it yet.
+    made_source_slot: bool,
 }
 
 static mut PENDING_CLONE: Option<Pending> = None;
@@ -280,8 +284,9 @@ fn set_pending(pending: Option<Pending>) {
 
 /// At commit the clone is complete; at abort its files are removed (with an
 /// `XLOG_DBASE_DROP` record, so a standby removes them too), its state file
-/// deleted and its pin dropped if it was already persisted (an ephemeral one
-/// PostgreSQL drops itself).
+/// deleted and its source's slot dropped if this clone made and persisted it
+/// (an ephemeral one PostgreSQL drops itself). Both run before the lock on
+/// the source is released, so no other clone or holder can have used it.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_transaction_end(
     event: pg_sys::XactEvent::Type,
@@ -300,8 +305,8 @@ unsafe extern "C-unwind" fn on_transaction_end(
             set_pending(None);
             remove_clone_files(pending.clone);
             record::remove_record(pending.clone);
-            if pending.pin_persisted {
-                snapshot::drop_pin(pending.clone);
+            if pending.made_source_slot {
+                slot::drop_slot(&slot::source_slot_name(pending.source));
             }
             record::unmark_building(pending.clone);
         }
@@ -586,14 +591,16 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     let clone = create_database_shell(target, &info.locale);
     set_pending(Some(Pending {
         clone,
-        pin_persisted: false,
+        source: source_oid,
+        made_source_slot: false,
     }));
     record::mark_building(clone);
+    record::mark_as_clone(clone, source_oid);
     inherit_frozen_horizons(clone, &info);
     inherit_settings(source_oid, clone);
     failpoint::reached("after_createdb");
 
-    let (clone_point, point) = snapshot::pin_and_take(clone);
+    let (clone_point, point, pin) = snapshot::pin_and_take(source_oid);
     failpoint::reached("after_pin");
     let (relations, switch) = shadowing_plan(&source, clone_point.0, source_name);
     let copies = catalog_copy::copy_catalog(&source, &relations, clone_point.0, &switch);
@@ -629,15 +636,20 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
             })
             .collect(),
     });
-    snapshot::persist_pin();
-    set_pending(Some(Pending {
-        clone,
-        pin_persisted: true,
-    }));
+    if pin == PinTaken::Created {
+        slot::persist_acquired();
+        slot::release_acquired();
+        set_pending(Some(Pending {
+            clone,
+            source: source_oid,
+            made_source_slot: true,
+        }));
+    }
     failpoint::reached("before_commit");
 
     CloneOutcome {
         clone_oid: u32::from(clone),
+        source_oid,
         clone_point_lsn: record::format_lsn(point.lsn),
         clone_point_time: point.taken_at,
         catalog_relations: copies.len() as i64,

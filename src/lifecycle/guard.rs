@@ -22,6 +22,7 @@ use std::ffi::CStr;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
+use crate::lifecycle::holder;
 use crate::pg::error::CowError;
 use crate::state::record::{self, CloneRecord};
 
@@ -46,9 +47,8 @@ fn database_name(oid: u32) -> Option<String> {
 
 /// The live clones of a database, with their names.
 fn clones_of(source: pg_sys::Oid) -> Vec<(String, CloneRecord)> {
-    record::all_records()
+    record::clones_of(source)
         .into_iter()
-        .filter(|r| r.source == u32::from(source))
         .filter_map(|r| Some((database_name(r.clone)?, r)))
         .collect()
 }
@@ -204,6 +204,14 @@ pub unsafe extern "C-unwind" fn check_utility(pstmt: *mut pg_sys::PlannedStmt) -
                         ))
                         .raise();
                     }
+                    holder::step_aside(oid);
+                }
+                None
+            }
+            pg_sys::NodeTag::T_RenameStmt => {
+                let stmt = node as *mut pg_sys::RenameStmt;
+                if (*stmt).renameType == pg_sys::ObjectType::OBJECT_DATABASE {
+                    holder::step_aside(pg_sys::get_database_oid((*stmt).subname, true));
                 }
                 None
             }
@@ -211,6 +219,7 @@ pub unsafe extern "C-unwind" fn check_utility(pstmt: *mut pg_sys::PlannedStmt) -
                 let stmt = node as *mut pg_sys::DropdbStmt;
                 let oid = pg_sys::get_database_oid((*stmt).dbname, true);
                 refuse_if_source(oid, "drop");
+                holder::step_aside(oid);
                 Some(oid)
             }
             pg_sys::NodeTag::T_AlterDatabaseStmt => {

@@ -5,15 +5,17 @@
 //! that transaction ends. A marker whose transaction is no longer running
 //! therefore means: the clone committed (its database exists; only the
 //! marker is stale) or a crash interrupted it (no database): then its
-//! directory, state file and pin are removed. A state file whose database is
-//! gone (a crash between DROP DATABASE and forgetting the clone) is removed
-//! with its pin, and so is a cowclone pin left with neither database nor
-//! record. Runs at server start and at the start of every clone.
+//! directory and state file are removed. A state file whose database is
+//! gone (a crash between DROP DATABASE and forgetting the clone) is removed,
+//! and so is a per-clone pin (made before 0.2.0) left with neither database
+//! nor record. A source's slot that no clone needs any more is let go by the
+//! source's holder or the launcher (`lifecycle::holder`, `lifecycle::workers`).
+//! Runs when the launcher starts and at the start of every clone.
 
 use pgrx::pg_sys;
 
 use crate::create::clone;
-use crate::pin::snapshot;
+use crate::pin::slot;
 use crate::state::record;
 
 fn database_exists(oid: pg_sys::Oid) -> bool {
@@ -56,7 +58,7 @@ pub fn remove_interrupted_clones() -> usize {
         }
         if !database_exists(clone) {
             clone::remove_clone_files(clone);
-            snapshot::drop_pin(clone);
+            slot::drop_slot(&slot::legacy_slot_name(clone));
             record::remove_record(clone);
             pgrx::log!(
                 "cowclone: removed clone {} interrupted by a crash",
@@ -73,18 +75,20 @@ pub fn remove_interrupted_clones() -> usize {
             removed += 1;
         }
     }
-    // A pin whose clone left no record (its state file is gone).
-    for clone in snapshot::persistent_pins() {
-        if database_exists(clone)
+    // A per-clone pin (made before 0.2.0) whose clone left no record.
+    for (clone, state) in slot::legacy_slots() {
+        if !state.persistent
+            || state.active_pid != 0
+            || database_exists(clone)
             || record::marker_path(clone).exists()
             || record::read_record(clone).is_some()
         {
             continue;
         }
-        if snapshot::drop_pin(clone) {
+        if slot::drop_slot(&slot::legacy_slot_name(clone)) {
             pgrx::log!(
                 "cowclone: released pin {} whose clone no longer exists",
-                snapshot::slot_name(clone)
+                slot::legacy_slot_name(clone)
             );
             removed += 1;
         }

@@ -1,30 +1,156 @@
-//! Background workers. One for now: at server start it removes what a clone
-//! interrupted by a crash left behind (see `reconcile`).
+//! The launcher: a background worker started with the server that, once,
+//! removes what a clone interrupted by a crash left behind (`reconcile`),
+//! and then, every second, makes sure each source with live clones has a
+//! pin holder (`holder`) and lets go of source slots no clone needs.
+//!
+//! Holders are dynamic workers: they need a `max_worker_processes` slot
+//! each. When none is free, the source's slot keeps its pin in force in
+//! every database (never no pin), a WARNING says so once, and the launcher
+//! tries again every second.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    DynamicBackgroundWorker, SignalWakeFlags,
 };
 use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
 
-use crate::lifecycle::reconcile;
+use crate::lifecycle::{holder, reconcile};
+use crate::pg::error::CowError;
+use crate::pin::slot;
+use crate::state::record;
+
+const TICK: Duration = Duration::from_secs(1);
 
 pub fn register() {
-    BackgroundWorkerBuilder::new("cowclone reconciler")
-        .set_type("cowclone reconciler")
+    BackgroundWorkerBuilder::new("cowclone launcher")
+        .set_type("cowclone launcher")
         .set_library("cowclone")
-        .set_function("cowclone_reconciler_main")
+        .set_function("cowclone_launcher_main")
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(None)
+        .set_restart_time(Some(Duration::from_secs(5)))
         .load();
+}
+
+/// Starts a holder for `source` unless one holds its slot; a WARNING (to the
+/// client, from `cow.clone`) when no worker slot is free.
+pub fn ensure_holder(source: pg_sys::Oid, source_name: &str) {
+    if slot::source_slot(source).is_some_and(|s| s.active_pid != 0) {
+        return;
+    }
+    if holder::start(source, source_name, 0).is_err() {
+        no_worker_slot(source_name).warn();
+    }
+}
+
+fn no_worker_slot(source_name: &str) -> CowError {
+    // SAFETY: a start-up setting, fixed for the life of the server.
+    let max = unsafe { pg_sys::max_worker_processes };
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!("could not start the pin holder of database \"{source_name}\""),
+    )
+    .detail(format!(
+        "All {max} background worker slots (max_worker_processes) are in use. Until a holder starts, the pin of \"{source_name}\"'s clones holds back VACUUM in every database of the cluster."
+    ))
+    .hint("Raise max_worker_processes (takes a restart), or drop clones of other sources; cowclone retries every second.")
+}
+
+#[derive(Default)]
+struct Launcher {
+    starting: BTreeMap<u32, DynamicBackgroundWorker>,
+    warned: BTreeSet<u32>,
+}
+
+impl Launcher {
+    fn tick(&mut self) {
+        let mut sources: BTreeMap<u32, String> = BTreeMap::new();
+        for r in record::all_records() {
+            sources.entry(r.source).or_insert(r.source_name);
+        }
+        let slots = slot::source_slots();
+        for (&source, name) in &sources {
+            let oid = pg_sys::Oid::from(source);
+            let held = slots
+                .iter()
+                .any(|(s, state)| *s == oid && state.active_pid != 0);
+            if held {
+                self.warned.remove(&source);
+                continue;
+            }
+            if record::aside_asked(oid) {
+                continue;
+            }
+            let pending = self.starting.get(&source).is_some_and(|h| {
+                matches!(h.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted))
+            });
+            if pending {
+                continue;
+            }
+            // SAFETY: this process's pid, for start and stop notices.
+            let me = unsafe { pg_sys::MyProcPid };
+            match holder::start(oid, name, me) {
+                Ok(handle) => {
+                    self.starting.insert(source, handle);
+                }
+                Err(()) => {
+                    if self.warned.insert(source) {
+                        no_worker_slot(name).warn();
+                    }
+                }
+            }
+        }
+        self.starting.retain(|s, _| sources.contains_key(s));
+        let unneeded: Vec<pg_sys::Oid> = slots
+            .iter()
+            .filter(|(s, state)| {
+                !sources.contains_key(&u32::from(*s)) && state.persistent && state.active_pid == 0
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        if !unneeded.is_empty() {
+            BackgroundWorker::transaction(move || release_unneeded(&unneeded));
+        }
+    }
+}
+
+/// Drops source slots no clone needs, rechecked under each source's lock
+/// (a first clone being made holds it, with the slot acquired).
+fn release_unneeded(sources: &[pg_sys::Oid]) {
+    for &source in sources {
+        record::lock_source(source);
+        let idle = slot::source_slot(source).is_some_and(|s| s.persistent && s.active_pid == 0);
+        if idle && record::clones_of(source).is_empty() {
+            slot::drop_slot(&slot::source_slot_name(source));
+            pgrx::log!(
+                "cowclone: released the pin of database {}: no clones left",
+                u32::from(source)
+            );
+        }
+    }
 }
 
 #[pg_guard]
 #[no_mangle]
-pub extern "C-unwind" fn cowclone_reconciler_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn cowclone_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    // No database: pg_database and replication slots are all it needs.
+    // No database: pg_database, shared locks and replication slots are all it needs.
     BackgroundWorker::connect_worker_to_spi(None, None);
     let removed = BackgroundWorker::transaction(reconcile::remove_interrupted_clones);
-    pgrx::log!("cowclone reconciler: {removed} interrupted clone(s) cleaned up");
+    pgrx::log!("cowclone launcher: {removed} interrupted clone(s) cleaned up");
+    let mut launcher = Launcher::default();
+    loop {
+        launcher.tick();
+        if !BackgroundWorker::wait_latch(Some(TICK)) {
+            break;
+        }
+    }
+    // Ended by SIGTERM: exit code 1 lets the postmaster start it again
+    // (unless the server is shutting down).
+    // SAFETY: the documented way for a worker to end with a status.
+    unsafe { pg_sys::proc_exit(1) };
 }

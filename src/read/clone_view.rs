@@ -49,8 +49,9 @@ pub fn current() -> Option<&'static CloneView> {
 
 /// This backend's view if this database is a clone. A database without a
 /// record is not a clone (a `cow` relation there, restored from a clone's
-/// dump say, is a plain heap) unless a pin is still named after it: then it
-/// is a clone whose state file is gone, and its rows cannot be found.
+/// dump say, is a plain heap) unless its directory is marked as a clone's,
+/// or a per-clone pin of 0.1.0 is still named after it: then it is a clone
+/// whose state file is gone, and its rows cannot be found.
 pub fn for_relation(relation: &str) -> Option<&'static CloneView> {
     static LOST: OnceLock<bool> = OnceLock::new();
     if let Some(view) = current() {
@@ -58,8 +59,11 @@ pub fn for_relation(relation: &str) -> Option<&'static CloneView> {
     }
     // SAFETY: MyDatabaseId is set once the backend has connected.
     let lost = *LOST.get_or_init(|| {
-        crate::pin::snapshot::pin_age(unsafe { pg_sys::MyDatabaseId }).1
-            != crate::pin::snapshot::PinState::Missing
+        let database = unsafe { pg_sys::MyDatabaseId };
+        record::marked_as_clone(database)
+            || crate::pin::slot::legacy_slots()
+                .iter()
+                .any(|(clone, _)| *clone == database)
     });
     if lost {
         required(relation);

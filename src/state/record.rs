@@ -20,7 +20,8 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use serde::{Deserialize, Serialize};
 
 use crate::pg::error::CowError;
-use crate::pin::snapshot::{self, ClonePoint};
+use crate::pin::slot;
+use crate::pin::snapshot::ClonePoint;
 
 const MAGIC: &[u8; 8] = b"COWCLON2";
 const STATE_DIR: &str = "pg_cowclone";
@@ -121,6 +122,60 @@ pub fn unmark_building(clone: pg_sys::Oid) {
     let _ = fs::remove_file(marker_path(clone));
 }
 
+/// A file in the clone's own database directory saying it is a clone, so
+/// that a clone whose state file is lost is told apart from a database
+/// restored from a clone's dump (both have `cow` relations and no record).
+/// It goes with the directory when the database is dropped.
+fn clone_mark_path(database: pg_sys::Oid) -> PathBuf {
+    // SAFETY: DataDir is set once at startup and never freed.
+    let data_dir = unsafe { CStr::from_ptr(pg_sys::DataDir) }
+        .to_string_lossy()
+        .into_owned();
+    PathBuf::from(data_dir)
+        .join("base")
+        .join(u32::from(database).to_string())
+        .join("cowclone_clone")
+}
+
+pub fn mark_as_clone(clone: pg_sys::Oid, source: pg_sys::Oid) {
+    write_file(
+        &clone_mark_path(clone),
+        u32::from(source).to_string().as_bytes(),
+    );
+}
+
+pub fn marked_as_clone(database: pg_sys::Oid) -> bool {
+    clone_mark_path(database).exists()
+}
+
+/// Where a backend asks a source's pin holder to stay away
+/// (`lifecycle::holder::step_aside`); the file holds that backend's pid.
+fn aside_path(source: pg_sys::Oid) -> PathBuf {
+    state_dir().join(format!("{}.aside", u32::from(source)))
+}
+
+pub fn ask_aside(source: pg_sys::Oid) {
+    // SAFETY: this backend's pid, set at start.
+    let pid = unsafe { pg_sys::MyProcPid };
+    write_file(&aside_path(source), pid.to_string().as_bytes());
+}
+
+/// Whether a live backend asked the source's holder to stay away.
+pub fn aside_asked(source: pg_sys::Oid) -> bool {
+    let Some(pid) = fs::read_to_string(aside_path(source))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: BackendPidGetProc takes ProcArrayLock; null once that backend is gone.
+    !unsafe { pg_sys::BackendPidGetProc(pid) }.is_null()
+}
+
+pub fn end_aside(source: pg_sys::Oid) {
+    let _ = fs::remove_file(aside_path(source));
+}
+
 /// (clone, building transaction) for every marker on disk.
 pub fn building_markers() -> Vec<(pg_sys::Oid, u32)> {
     let Ok(entries) = fs::read_dir(state_dir()) else {
@@ -167,17 +222,30 @@ pub fn remove_record(clone: pg_sys::Oid) {
     }
 }
 
-/// Forgets a clone: its pin and its record. Called after its database is gone.
+/// Forgets a clone: its record (and a per-clone slot an older version
+/// made). Called after its database is gone. The source's holder is woken
+/// to move its pin up to the oldest remaining clone, or to let go of it.
 pub fn forget_clone(clone: pg_sys::Oid) {
-    if read_record(clone).is_none() {
+    let Some(record) = read_record(clone) else {
         return;
-    }
-    let dropped_pin = snapshot::drop_pin(clone);
+    };
+    slot::drop_slot(&slot::legacy_slot_name(clone));
     remove_record(clone);
+    let source = pg_sys::Oid::from(record.source);
+    slot::wake_holder(source);
     pgrx::log!(
-        "cowclone: clone {} dropped; pin released: {dropped_pin}",
-        u32::from(clone)
+        "cowclone: clone {} of database {} dropped",
+        u32::from(clone),
+        u32::from(source)
     );
+}
+
+/// The records of one source's clones.
+pub fn clones_of(source: pg_sys::Oid) -> Vec<CloneRecord> {
+    all_records()
+        .into_iter()
+        .filter(|r| r.source == u32::from(source))
+        .collect()
 }
 
 /// The lock that orders clone creation against storage drops in a source.

@@ -133,3 +133,58 @@ pub fn catalog_checks_pass(cluster: &Cluster, db: &str) {
     );
     assert!(problems.is_empty(), "verify_heapam on {db}: {problems:?}");
 }
+
+/// Polls `done` every 100 ms until it holds, failing after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Waits until `source`'s pin is held by its holder, and returns the
+/// holder's pid (asked in `source`, which has the extension).
+pub fn holder_of(cluster: &Cluster, source: &str) -> String {
+    let query = format!(
+        "SELECT holder_pid FROM cow.pins WHERE source = '{source}' AND scope = 'source-only'"
+    );
+    let mut pid = String::new();
+    wait_until(
+        &format!("the pin holder of {source}"),
+        std::time::Duration::from_secs(30),
+        || {
+            pid = cluster
+                .psql(source, &query)
+                .map(|o| o.trim().to_string())
+                .unwrap_or_default();
+            !pid.is_empty()
+        },
+    );
+    pid
+}
+
+/// VACUUM (VERBOSE) of one table: (removed, dead but not yet removable).
+pub fn vacuum_counts(cluster: &Cluster, db: &str, table: &str) -> (u64, u64) {
+    let output = cluster
+        .client_command("psql", db)
+        .args(["-X", "-q", "-c", &format!("VACUUM (VERBOSE) {table}")])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("tuples: ") && l.contains("are dead but not yet removable"))
+        .unwrap_or_else(|| panic!("no tuple counts in VACUUM VERBOSE of {table}: {log}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    // "tuples: R removed, N remain, D are dead but not yet removable"
+    let n = numbers.len();
+    (numbers[n - 3], numbers[n - 1])
+}

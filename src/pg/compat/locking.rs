@@ -155,3 +155,35 @@ pub unsafe fn replication_slot_control_lock() -> *mut pg_sys::LWLock {
     // SAFETY: guaranteed by the caller; index 37 in lwlocknames.txt.
     unsafe { &mut (*pg_sys::MainLWLockArray.add(37)).lock }
 }
+
+/// Acquires a persistent slot for this process, failing if another has it
+/// (18 added whether an invalidated slot is an error; ours never reserve
+/// WAL, so they are never invalidated).
+///
+/// # Safety
+/// No slot may be acquired by this process yet.
+pub unsafe fn acquire_slot(name: &str) {
+    let name = CString::new(name).expect("slot names have no NUL");
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        #[cfg(before_pg18)]
+        pg_sys::ReplicationSlotAcquire(name.as_ptr(), true);
+        #[cfg(not(before_pg18))]
+        pg_sys::ReplicationSlotAcquire(name.as_ptr(), true, true);
+    }
+}
+
+/// Whether vacuum always honours a backend's advertised xmin. On 15 and 16
+/// `old_snapshot_threshold` (a start-up setting) lets pruning pass an xmin
+/// older than the threshold; 17 removed the setting.
+pub fn backend_xmins_bind() -> bool {
+    #[cfg(before_pg17)]
+    {
+        // SAFETY: a start-up setting, fixed for the life of the server.
+        unsafe { pg_sys::old_snapshot_threshold < 0 }
+    }
+    #[cfg(not(before_pg17))]
+    {
+        true
+    }
+}

@@ -1,0 +1,347 @@
+//! A source's pin holder: one background worker per source database with
+//! live clones, connected to that database and advertising the oldest clone
+//! point xmin among its clones, so that vacuum is held back in the source
+//! alone (`pin::advertised`). The source's slot stays the durable record
+//! (`pin::slot`); the holder keeps it acquired, disarmed while it holds.
+//!
+//! The one rule everything here keeps: at every instant the slot is armed,
+//! or this process advertises an xmin no newer than any live clone's T.
+//! - Taking over: the slot is armed when found (an unacquired cowclone slot
+//!   always is); the holder moves it to the oldest T, advertises that, and
+//!   only then disarms it.
+//! - Moving up (a clone was dropped): the slot is armed, the advertised xmin
+//!   withdrawn, the oldest T recomputed under the source lock that every
+//!   clone creation holds until commit (so no clone point newer than the
+//!   old pin but older than the new one is in flight), then advertised again
+//!   and the slot disarmed. New clones never need the pin to move down:
+//!   snapshot xmins never go backwards.
+//! - Letting go: a `before_shmem_exit` callback re-arms the slot before the
+//!   process leaves the proc array, whatever ends it (SIGTERM, an error,
+//!   FATAL). SIGKILL makes the postmaster restart the cluster, which
+//!   restores the slot armed from disk.
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
+use pgrx::prelude::*;
+
+use crate::pg::compat;
+use crate::pin::{advertised, slot};
+use crate::state::record::{self, CloneRecord};
+
+/// How often an idle holder looks at its source's clones.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// The name `pg_stat_activity.backend_type` shows for a source's holder.
+pub fn worker_type(source_name: &str) -> String {
+    format!("cowclone pin holder for {source_name}")
+}
+
+/// Asks the postmaster for a holder of `source`. Fails when every
+/// `max_worker_processes` slot is taken; the slot's pin stays in force.
+pub fn start(
+    source: pg_sys::Oid,
+    source_name: &str,
+    notify_pid: i32,
+) -> Result<DynamicBackgroundWorker, ()> {
+    let name = worker_type(source_name);
+    BackgroundWorkerBuilder::new(&name)
+        .set_type(&name)
+        .set_library("cowclone")
+        .set_function("cowclone_pin_holder_main")
+        .set_argument(Some(pg_sys::Datum::from(u32::from(source))))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .set_notify_pid(notify_pid)
+        .load_dynamic()
+        .map_err(|_| ())
+}
+
+/// The oldest clone point xmin among `clones` (circular xid order).
+fn oldest_xmin(clones: &[CloneRecord]) -> Option<pg_sys::TransactionId> {
+    clones
+        .iter()
+        .map(|c| pg_sys::TransactionId::from(c.point.xmin))
+        .reduce(|a, b| {
+            // SAFETY: a pure comparison of two normal transaction ids.
+            if unsafe { pg_sys::TransactionIdPrecedes(b, a) } {
+                b
+            } else {
+                a
+            }
+        })
+}
+
+fn clone_oids(clones: &[CloneRecord]) -> Vec<u32> {
+    let mut oids: Vec<u32> = clones.iter().map(|c| c.clone).collect();
+    oids.sort_unstable();
+    oids
+}
+
+struct Holding {
+    source: pg_sys::Oid,
+    xmin: pg_sys::TransactionId,
+    clones: Vec<u32>,
+    /// Whether the advertised xmin binds vacuum here (see
+    /// `compat::backend_xmins_bind`); if not, the slot stays armed.
+    advertising: bool,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn rearm_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    // SAFETY: the process is exiting; no lightweight lock this process may
+    // hold is needed any more, and re-arming takes two of them.
+    unsafe { pg_sys::LWLockReleaseAll() };
+    if slot::has_acquired() {
+        // SAFETY: this process holds the slot; the proc array still has its
+        // advertised xmin while the slot is armed.
+        unsafe { slot::arm_acquired() };
+    }
+}
+
+/// Takes the source's pin over, in a transaction holding the source lock.
+/// None when there is nothing to hold (no clones: the slot, if any, is let
+/// go of) or another holder holds it.
+fn take_over(source: pg_sys::Oid) -> Option<Holding> {
+    let taken = BackgroundWorker::transaction(move || {
+        record::lock_source(source);
+        let clones = record::clones_of(source);
+        let name = slot::source_slot_name(source);
+        let state = slot::source_slot(source);
+        let Some(xmin) = oldest_xmin(&clones) else {
+            if matches!(state, Some(s) if s.active_pid == 0 && s.persistent) {
+                slot::drop_slot(&name);
+                pgrx::log!(
+                    "cowclone: released the pin of database {}: no clones left",
+                    u32::from(source)
+                );
+            }
+            return None;
+        };
+        match state {
+            Some(s) if s.active_pid != 0 => return None,
+            // SAFETY: seen inactive under the source lock, which every
+            // cowclone process takes before acquiring or making this slot.
+            Some(_) => unsafe { slot::acquire(&name) },
+            None => {
+                let legacy: Vec<pg_sys::Oid> =
+                    slot::legacy_slots().into_iter().map(|(c, _)| c).collect();
+                if !clones
+                    .iter()
+                    .all(|c| legacy.contains(&pg_sys::Oid::from(c.clone)))
+                {
+                    pgrx::warning!(
+                        "cowclone: database {} has clones but no pin; pinning it again at their oldest clone point",
+                        u32::from(source)
+                    );
+                }
+                // SAFETY: in a transaction, no slot acquired by this process.
+                unsafe { slot::create_pinned_conservatively(&name) };
+                slot::persist_acquired();
+            }
+        }
+        // SAFETY: registered once the slot is acquired, so it runs before
+        // PostgreSQL's own exit callback releases the slot.
+        unsafe { pg_sys::before_shmem_exit(Some(rearm_at_exit), pg_sys::Datum::from(0)) };
+        // SAFETY: the acquired slot is armed; moving it to the oldest clone
+        // point is what every clone of this source needs (older per-clone
+        // pins of 0.1.0 cover it until they are dropped just below).
+        unsafe { slot::record_acquired(xmin) };
+        for clone in &clones {
+            slot::drop_slot(&slot::legacy_slot_name(pg_sys::Oid::from(clone.clone)));
+        }
+        Some((xmin, clone_oids(&clones)))
+    })?;
+    let (xmin, clones) = taken;
+    let mut holding = Holding {
+        source,
+        xmin,
+        clones,
+        advertising: compat::backend_xmins_bind(),
+    };
+    if !holding.advertising {
+        pgrx::log!("cowclone: old_snapshot_threshold is set, so vacuum may pass a backend's xmin; the pin of database {} stays in every database", u32::from(source));
+    }
+    holding.hold();
+    Some(holding)
+}
+
+impl Holding {
+    /// Advertises the pin and disarms the slot.
+    fn hold(&mut self) {
+        if !self.advertising {
+            return;
+        }
+        // SAFETY: no transaction is open; the slot is armed at `xmin`, so
+        // advertising it publishes nothing older than a horizon in force,
+        // and disarming leaves the advertised xmin holding the source.
+        unsafe {
+            advertised::advertise(self.xmin);
+            slot::disarm_acquired();
+        }
+    }
+
+    /// Re-arms the slot and withdraws the advertised xmin, so this process
+    /// may run a transaction.
+    fn stand_down(&mut self) {
+        // SAFETY: the slot is acquired; once armed it holds what the
+        // advertised xmin held.
+        unsafe {
+            slot::arm_acquired();
+            advertised::withdraw();
+        }
+    }
+
+    /// Follows the source's clones. False when none are left (the slot is
+    /// dropped and the holder ends).
+    fn refresh(&mut self) -> bool {
+        if record::aside_asked(self.source) {
+            pgrx::log!(
+                "cowclone: the pin holder of database {} steps aside for a command that needs the database to itself",
+                u32::from(self.source)
+            );
+            // `rearm_at_exit` puts the slot's pin back in force.
+            return false;
+        }
+        let lost = self.advertising && advertised::current() != self.xmin;
+        if lost {
+            pgrx::warning!(
+                "cowclone: the pin holder of database {} lost its advertised xmin; restoring it",
+                u32::from(self.source)
+            );
+            // SAFETY: as in `stand_down`.
+            unsafe { slot::arm_acquired() };
+        }
+        let now = clone_oids(&record::clones_of(self.source));
+        if self.clones.iter().all(|c| now.contains(c)) {
+            // Only additions: their clone points are newer than the pin.
+            self.clones = now;
+            if lost {
+                self.hold();
+            }
+            return true;
+        }
+        self.stand_down();
+        let source = self.source;
+        let next = BackgroundWorker::transaction(move || {
+            record::lock_source(source);
+            let clones = record::clones_of(source);
+            match oldest_xmin(&clones) {
+                Some(xmin) => Some((xmin, clone_oids(&clones))),
+                None => {
+                    slot::drop_acquired();
+                    None
+                }
+            }
+        });
+        let Some((xmin, clones)) = next else {
+            pgrx::log!(
+                "cowclone: released the pin of database {}: no clones left",
+                u32::from(self.source)
+            );
+            return false;
+        };
+        // SAFETY: the slot is acquired and armed; `xmin` is the oldest clone
+        // point of every clone of the source, counted under the source lock.
+        unsafe { slot::record_acquired(xmin) };
+        self.xmin = xmin;
+        self.clones = clones;
+        self.hold();
+        true
+    }
+}
+
+/// Commands that need a database to themselves (CREATE DATABASE ...
+/// TEMPLATE, ALTER DATABASE ... RENAME) fail while any process is
+/// connected to it. Before one runs on a source, its holder is asked to
+/// step aside: it re-arms the slot (the pin holds every database meanwhile)
+/// and ends, and no new holder starts until this transaction ends.
+pub fn step_aside(source: pg_sys::Oid) {
+    let Some(state) = slot::source_slot(source) else {
+        return;
+    };
+    if state.active_pid == 0 {
+        return;
+    }
+    record::ask_aside(source);
+    remember_aside(source);
+    slot::wake_holder(source);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slot::source_slot(source).is_some_and(|s| s.active_pid != 0) {
+        if std::time::Instant::now() > deadline {
+            pgrx::warning!(
+                "cowclone: the pin holder of database {} did not step aside within 10 s",
+                u32::from(source)
+            );
+            return;
+        }
+        pgrx::check_for_interrupts!();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+static mut ASIDE: Option<pg_sys::Oid> = None;
+static mut ASIDE_CALLBACK: bool = false;
+
+fn remember_aside(source: pg_sys::Oid) {
+    // SAFETY: backend-local state of this single-threaded backend.
+    unsafe {
+        if !ASIDE_CALLBACK {
+            pg_sys::RegisterXactCallback(Some(end_aside_at_transaction_end), std::ptr::null_mut());
+            ASIDE_CALLBACK = true;
+        }
+        ASIDE = Some(source);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn end_aside_at_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    if !matches!(
+        event,
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_ABORT
+    ) {
+        return;
+    }
+    // SAFETY: backend-local state; the launcher starts a new holder within a second.
+    let aside = unsafe { ASIDE };
+    if let Some(source) = aside {
+        // SAFETY: as above.
+        unsafe { ASIDE = None };
+        record::end_aside(source);
+    }
+}
+
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn cowclone_pin_holder_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let source = pg_sys::Oid::from(arg.value() as u32);
+    // SAFETY: called once, before anything else touches the database; a
+    // source that does not allow connections still needs its pin.
+    unsafe {
+        pg_sys::BackgroundWorkerInitializeConnectionByOid(
+            source,
+            pg_sys::InvalidOid,
+            pg_sys::BGWORKER_BYPASS_ALLOWCONN,
+        )
+    };
+    if record::aside_asked(source) {
+        return;
+    }
+    let Some(mut holding) = take_over(source) else {
+        return;
+    };
+    while BackgroundWorker::wait_latch(Some(RECHECK)) {
+        if !holding.refresh() {
+            return;
+        }
+    }
+    // SIGTERM: `rearm_at_exit` puts the slot's pin back in force.
+}

@@ -1,0 +1,324 @@
+//! The durable half of a source's pin: one physical replication slot per
+//! source database with live clones, `cowclone_source_<source oid>`, whose
+//! `xmin` is the oldest clone point xmin among that source's clones.
+//!
+//! A slot's xmin holds back the horizon of every database, and PostgreSQL
+//! restores it from disk before any backend runs after a restart or a crash.
+//! So the slot is the pin whenever no holder (`lifecycle::holder`) is
+//! connected to the source. While a holder holds, the slot is *disarmed*: its
+//! in-memory `effective_xmin`, which horizons read, is cleared, while
+//! `data.xmin`, which is saved and restored, stays. An unacquired cowclone
+//! slot is always armed: creation leaves it so, a holder re-arms it before it
+//! lets go, and a crash restores it armed from disk.
+//!
+//! Order matters when a slot is made (see docs/ARCHITECTURE.md, "Pin before
+//! taking T"): it first gets a conservative xmin, then T is taken, then the
+//! pin moves up to T's xmin.
+
+use std::ffi::CString;
+
+use pgrx::pg_sys;
+
+use crate::pg::compat;
+
+const SOURCE_PREFIX: &str = "cowclone_source_";
+/// Before 0.2.0 every clone had its own slot, `cowclone_<clone oid>`.
+const LEGACY_PREFIX: &str = "cowclone_";
+
+pub fn source_slot_name(source: pg_sys::Oid) -> String {
+    format!("{SOURCE_PREFIX}{}", u32::from(source))
+}
+
+pub fn legacy_slot_name(clone: pg_sys::Oid) -> String {
+    format!("{LEGACY_PREFIX}{}", u32::from(clone))
+}
+
+/// A cowclone slot as seen from any process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotState {
+    /// The recorded pin (`data.xmin`, what `pg_replication_slots.xmin` shows).
+    pub xmin: u32,
+    /// Whether horizons honour it now (`effective_xmin` is set).
+    pub armed: bool,
+    /// The process that has it acquired (a holder, or a clone being made); 0 if none.
+    pub active_pid: i32,
+    /// Persistent (ephemeral while its first clone is being made).
+    pub persistent: bool,
+}
+
+/// Every slot whose name starts with cowclone's prefix.
+fn cowclone_slots() -> Vec<(String, SlotState)> {
+    let mut found = Vec::new();
+    // SAFETY: the slot array is read under ReplicationSlotControlLock in
+    // shared mode, as pg_get_replication_slots does; each slot's fields are
+    // read under its spinlock.
+    unsafe {
+        let lock = compat::replication_slot_control_lock();
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
+        let slots = (*pg_sys::ReplicationSlotCtl).replication_slots.as_mut_ptr();
+        for i in 0..pg_sys::max_replication_slots.max(0) as usize {
+            let slot = slots.add(i);
+            if !(*slot).in_use {
+                continue;
+            }
+            pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+            let name = pgrx::name_data_to_str(&(*slot).data.name).to_string();
+            let state = SlotState {
+                xmin: u32::from((*slot).data.xmin),
+                armed: (*slot).effective_xmin != pg_sys::InvalidTransactionId,
+                active_pid: (*slot).active_pid,
+                persistent: (*slot).data.persistency
+                    == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
+            };
+            pg_sys::SpinLockRelease(&mut (*slot).mutex);
+            if name.starts_with(LEGACY_PREFIX) {
+                found.push((name, state));
+            }
+        }
+        pg_sys::LWLockRelease(lock);
+    }
+    found
+}
+
+fn parse_oid(name: &str, prefix: &str) -> Option<pg_sys::Oid> {
+    let digits = name.strip_prefix(prefix)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u32>().ok().map(pg_sys::Oid::from)
+}
+
+/// Every source's slot, by source database.
+pub fn source_slots() -> Vec<(pg_sys::Oid, SlotState)> {
+    cowclone_slots()
+        .into_iter()
+        .filter_map(|(name, state)| Some((parse_oid(&name, SOURCE_PREFIX)?, state)))
+        .collect()
+}
+
+/// Every per-clone slot an older version left, by clone database.
+pub fn legacy_slots() -> Vec<(pg_sys::Oid, SlotState)> {
+    cowclone_slots()
+        .into_iter()
+        .filter_map(|(name, state)| Some((parse_oid(&name, LEGACY_PREFIX)?, state)))
+        .collect()
+}
+
+pub fn source_slot(source: pg_sys::Oid) -> Option<SlotState> {
+    source_slots()
+        .into_iter()
+        .find_map(|(oid, state)| (oid == source).then_some(state))
+}
+
+/// Sets the xmin of this process's acquired slot, recorded and in force.
+///
+/// # Safety
+/// This process must have acquired a slot (MyReplicationSlot).
+unsafe fn set_acquired(recorded: pg_sys::TransactionId, effective: pg_sys::TransactionId) {
+    // SAFETY: guaranteed by the caller; the slot's spinlock guards its
+    // fields. ReplicationSlotControlLock, held exclusively, waits out any
+    // process that read the slots before this change and has yet to publish
+    // what it read (current minor releases publish under the lock, shared),
+    // so no horizon computed without this change is published after the
+    // `ReplicationSlotsComputeRequiredXmin` below.
+    unsafe {
+        let control = compat::replication_slot_control_lock();
+        pg_sys::LWLockAcquire(control, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let slot = pg_sys::MyReplicationSlot;
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        (*slot).effective_xmin = effective;
+        (*slot).data.xmin = recorded;
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        pg_sys::LWLockRelease(control);
+        pg_sys::ReplicationSlotsComputeRequiredXmin(false);
+    }
+}
+
+/// The acquired slot's recorded xmin.
+///
+/// # Safety
+/// This process must have acquired a slot.
+unsafe fn acquired_xmin() -> pg_sys::TransactionId {
+    // SAFETY: guaranteed by the caller; read under the slot's spinlock.
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        let xmin = (*slot).data.xmin;
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        xmin
+    }
+}
+
+/// Creates `name` as this backend's ephemeral slot, armed at the oldest xmin
+/// any snapshot may still need, the way logical slot creation starts.
+///
+/// # Safety
+/// In a transaction; no slot acquired by this process.
+pub unsafe fn create_pinned_conservatively(name: &str) {
+    // SAFETY: guaranteed by the caller; every call is the public API logical
+    // slot creation uses in the same order.
+    unsafe {
+        pg_sys::CheckSlotRequirements();
+        compat::create_ephemeral_slot(name);
+        // The conservative pin is published without holding ProcArrayLock
+        // across it: `ReplicationSlotsComputeRequiredXmin(true)` expects
+        // callers to hold ReplicationSlotControlLock too in current minor
+        // releases and takes it itself in older ones, so no one locking
+        // order suits every release. Nothing T needs can go in the gap: T is
+        // taken afterwards, and rows vacuum may remove meanwhile are dead to
+        // every snapshot, T included.
+        let lock = compat::proc_array_lock();
+        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let conservative = pg_sys::GetOldestSafeDecodingTransactionId(false);
+        pg_sys::LWLockRelease(lock);
+        set_acquired(conservative, conservative);
+    }
+}
+
+/// Moves this process's acquired slot to `xmin`, recorded and in force.
+///
+/// # Safety
+/// This process must have acquired a slot, and `xmin` must hold back nothing
+/// less than what the slot's current pin protects that anyone still needs.
+pub unsafe fn pin_acquired_at(xmin: pg_sys::TransactionId) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { set_acquired(xmin, xmin) }
+}
+
+/// Makes the acquired ephemeral slot survive restarts (it stays acquired).
+pub fn persist_acquired() {
+    // SAFETY: called while this process holds the ephemeral slot it created.
+    unsafe {
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotPersist();
+    }
+}
+
+/// Lets go of this process's acquired slot, which stays as it is (armed).
+pub fn release_acquired() {
+    // SAFETY: called while this process holds a slot.
+    unsafe { pg_sys::ReplicationSlotRelease() }
+}
+
+/// Acquires a persistent slot for the life of this process.
+///
+/// # Safety
+/// No slot acquired by this process; the caller has seen the slot inactive
+/// under a lock that keeps every other cowclone process from acquiring it.
+pub unsafe fn acquire(name: &str) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { compat::acquire_slot(name) }
+}
+
+/// Records `xmin` as the acquired slot's pin on disk, keeping whether it is
+/// armed; the write is flushed before this returns, so a crash restores it.
+///
+/// # Safety
+/// This process must have acquired a slot, and be holding `xmin` (or an
+/// older xmin) by some other means while the slot is disarmed.
+pub unsafe fn record_acquired(xmin: pg_sys::TransactionId) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let armed = !acquired_disarmed();
+        set_acquired(
+            xmin,
+            if armed {
+                xmin
+            } else {
+                pg_sys::InvalidTransactionId
+            },
+        );
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotSave();
+    }
+}
+
+/// # Safety
+/// This process must have acquired a slot.
+unsafe fn acquired_disarmed() -> bool {
+    // SAFETY: guaranteed by the caller; read under the slot's spinlock.
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        let effective = (*slot).effective_xmin;
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        effective == pg_sys::InvalidTransactionId
+    }
+}
+
+/// Puts the acquired slot's recorded pin in force (every database again).
+///
+/// # Safety
+/// This process must have acquired a slot.
+pub unsafe fn arm_acquired() {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let xmin = acquired_xmin();
+        set_acquired(xmin, xmin);
+    }
+}
+
+/// Takes the acquired slot's pin out of force, keeping it recorded.
+///
+/// # Safety
+/// This process must have acquired a slot and be advertising its recorded
+/// xmin (or an older one) in the proc array, where the source's horizon sees it.
+pub unsafe fn disarm_acquired() {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let xmin = acquired_xmin();
+        set_acquired(xmin, pg_sys::InvalidTransactionId);
+    }
+}
+
+/// Whether this process has a slot acquired.
+pub fn has_acquired() -> bool {
+    // SAFETY: reads a process-local pointer.
+    unsafe { !pg_sys::MyReplicationSlot.is_null() }
+}
+
+/// Drops this process's acquired slot. The caller holds the lock that
+/// keeps other cowclone processes from acquiring it in between.
+pub fn drop_acquired() {
+    // SAFETY: called while this process holds a slot; its name is copied
+    // before the slot is released (dropping an acquired slot is not part of
+    // PostgreSQL's exported API, so it is released and dropped by name).
+    let name =
+        unsafe { pgrx::name_data_to_str(&(*pg_sys::MyReplicationSlot).data.name).to_string() };
+    release_acquired();
+    drop_slot(&name);
+}
+
+/// Drops an unacquired slot if it exists; false if there was none.
+pub fn drop_slot(name: &str) -> bool {
+    let name = CString::new(name).expect("slot names have no NUL");
+    // SAFETY: looking a slot up by name takes its own locks; dropping needs no
+    // slot acquired by this process (callers hold none at this point).
+    unsafe {
+        if pg_sys::SearchNamedReplicationSlot(name.as_ptr(), true).is_null() {
+            return false;
+        }
+        pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
+    }
+    true
+}
+
+/// Wakes the process holding a source's slot (its holder), so it re-reads
+/// which clones it holds for.
+pub fn wake_holder(source: pg_sys::Oid) {
+    let Some(state) = source_slot(source) else {
+        return;
+    };
+    if state.active_pid == 0 {
+        return;
+    }
+    // SAFETY: BackendPidGetProc takes ProcArrayLock; setting another
+    // process's latch is how PostgreSQL wakes one (a stale PGPROC's latch is
+    // harmless to set).
+    unsafe {
+        let proc = pg_sys::BackendPidGetProc(state.active_pid);
+        if !proc.is_null() {
+            pg_sys::SetLatch(&mut (*proc).procLatch);
+        }
+    }
+}
