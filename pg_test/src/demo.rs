@@ -95,6 +95,31 @@ pub fn run(pg: &PgInstall) -> Result<()> {
         one(&cluster, "prod", "SELECT format('clone %s of %s, clone point %s, pin %s holding back %s transactions', clone, source, clone_point_time, pin, pin_age) FROM cow.clones")?
     ));
 
+    let pin = "SELECT format('source %s: scope %s, holder pid %s, horizon held by clone %s at xmin %s', source, scope, holder_pid, horizon_clone, horizon_xmin) FROM cow.pins WHERE scope = 'source-only'";
+    let mut held = String::new();
+    for _ in 0..100 {
+        held = one(&cluster, "prod", pin)?;
+        if !held.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    step(&format!(
+        "The pin holds back vacuum in prod only (other databases and staging itself vacuum as usual).\n   cow.pins: {held}\n   pg_stat_activity: {}",
+        one(&cluster, "postgres", "SELECT format('%s, connected to %s, backend_xmin %s', backend_type, datname, backend_xmin) FROM pg_stat_activity WHERE backend_type LIKE 'cowclone pin holder%'")?
+    ));
+    cluster.psql("prod", "SELECT cow.clone('prod', 'staging2')")?;
+    step(&format!(
+        "A second clone of prod shares its pin: {} cowclone replication slot(s) for {} clones.",
+        one(
+            &cluster,
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cowclone%'"
+        )?,
+        one(&cluster, "prod", "SELECT count(*) FROM cow.clones")?
+    ));
+    admin.batch_execute("DROP DATABASE staging2")?;
+
     // The source moves on; the clone keeps answering as of its clone point.
     run_captured(
         cluster
@@ -142,13 +167,17 @@ pub fn run(pg: &PgInstall) -> Result<()> {
     ));
 
     admin.batch_execute("DROP DATABASE staging")?;
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cowclone%'";
+    let mut left = one(&cluster, "postgres", slots)?;
+    for _ in 0..100 {
+        if left == "0" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = one(&cluster, "postgres", slots)?;
+    }
     step(&format!(
-        "DROP DATABASE staging releases its pin: {} cowclone slots left.",
-        one(
-            &cluster,
-            "postgres",
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cowclone%'"
-        )?
+        "DROP DATABASE staging, prod's last clone, releases its pin: the holder ends and {left} cowclone slots are left."
     ));
 
     drop((admin, cloner, app));

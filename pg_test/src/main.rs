@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pg_test::bench::Benchmark;
+use pg_test::bench::{Benchmark, PinBenchOptions};
 use pg_test::cluster::{Cluster, ClusterConfig};
 use pg_test::extension::{build_and_install, Profile};
 use pg_test::install::{parse_major_choice, MajorChoice, PgInstall, DEFAULT_MAJOR};
@@ -21,6 +21,7 @@ fn usage() -> &'static str {
   bench [--scales 10,60,100] [--quick] [--pg N]
   bench --reads [--quick] [--pg N]
   bench --writes [--quick] [--pg N]
+  bench --pin [--quick] [--pg N]
                                           cowclone vs TEMPLATE vs pg_dump|pg_restore, as ratios"
 }
 
@@ -73,6 +74,7 @@ struct Flags {
     quick: bool,
     reads: bool,
     writes: bool,
+    pin: bool,
     scales: Option<Vec<u32>>,
 }
 
@@ -108,6 +110,7 @@ fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, 
             "--quick" => flags.quick = true,
             "--reads" => flags.reads = true,
             "--writes" => flags.writes = true,
+            "--pin" => flags.pin = true,
             "--scales" => {
                 let v = value()?;
                 let scales: Option<Vec<u32>> = v
@@ -187,12 +190,21 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
         "bench" => {
             let flags = parse_flags(
                 rest,
-                &["--pg", "--quick", "--scales", "--reads", "--writes"],
+                &[
+                    "--pg", "--quick", "--scales", "--reads", "--writes", "--pin",
+                ],
             )?;
             let pg = pg_of(&flags)?;
             setup::setup(&pg)?;
-            let benchmark =
-                Benchmark::from_flags(flags.reads, flags.writes, flags.quick, flags.scales);
+            let benchmark = if flags.pin {
+                Benchmark::Pin(if flags.quick {
+                    PinBenchOptions::quick()
+                } else {
+                    PinBenchOptions::standard()
+                })
+            } else {
+                Benchmark::from_flags(flags.reads, flags.writes, flags.quick, flags.scales)
+            };
             Ok(bench::run(&pg, &benchmark)?)
         }
         other => Err(UsageError(format!("unknown command '{other}'")).into()),

@@ -95,9 +95,15 @@ pub const WRITES_SECTION: DocsSection = DocsSection {
     end: "<!-- /writes -->",
 };
 
+/// `bench --pin`'s section.
+pub const PIN_SECTION: DocsSection = DocsSection {
+    start: "<!-- pin: written by `bench --pin` -->",
+    end: "<!-- /pin -->",
+};
+
 /// The sections the creation benchmark keeps, in this order, after its own
 /// text when it rewrites the whole file.
-pub const OWNED_SECTIONS: [DocsSection; 2] = [READS_SECTION, WRITES_SECTION];
+pub const OWNED_SECTIONS: [DocsSection; 3] = [READS_SECTION, WRITES_SECTION, PIN_SECTION];
 
 impl DocsSection {
     /// This section of `text` (markers included, plus a newline), or

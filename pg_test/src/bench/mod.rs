@@ -7,14 +7,17 @@
 //! - [`creation`]: making a database from a source: cow.clone vs
 //!   `CREATE DATABASE ... TEMPLATE` vs `pg_dump | pg_restore`;
 //! - [`reads`] (`--reads`): reading a clone vs reading its source;
-//! - [`writes`] (`--writes`): writing in a clone vs in a plain copy.
+//! - [`writes`] (`--writes`): writing in a clone vs in a plain copy;
+//! - [`pin`] (`--pin`): what a clone's pin costs other databases and the clone.
 
 pub mod common;
 pub mod creation;
+pub mod pin;
 pub mod reads;
 pub mod writes;
 
 pub use creation::BenchOptions;
+pub use pin::PinBenchOptions;
 pub use reads::ReadBenchOptions;
 pub use writes::WriteBenchOptions;
 
@@ -26,6 +29,7 @@ pub enum Benchmark {
     Creation(BenchOptions),
     Reads(ReadBenchOptions),
     Writes(WriteBenchOptions),
+    Pin(PinBenchOptions),
 }
 
 impl Benchmark {
@@ -64,6 +68,7 @@ pub fn run(pg: &PgInstall, benchmark: &Benchmark) -> Result<()> {
         Benchmark::Creation(options) => creation::run(pg, options),
         Benchmark::Reads(options) => reads::run(pg, options),
         Benchmark::Writes(options) => writes::run(pg, options),
+        Benchmark::Pin(options) => pin::run(pg, options),
     }
 }
 

@@ -1,0 +1,175 @@
+//! `bench --pin`: what a clone's pin costs elsewhere. The same pgbench run
+//! in another database with and without a live clone of `prod`, and TPC-B
+//! in a clone against TPC-B in a plain `TEMPLATE` copy, each side followed
+//! by VACUUM, compared by what they leave on disk.
+
+use std::fmt::Write as _;
+
+use super::common::{mb, number, pgbench_source_cluster, PIN_SECTION};
+use crate::cluster::Cluster;
+use crate::error::{Error, Result};
+use crate::install::PgInstall;
+use crate::process::run_captured;
+
+pub struct PinBenchOptions {
+    /// pgbench scale of the source and of the other database.
+    pub scale: u32,
+    pub pgbench_seconds: u32,
+    pub write_docs: bool,
+}
+
+impl PinBenchOptions {
+    pub fn standard() -> Self {
+        Self {
+            scale: 10,
+            pgbench_seconds: 60,
+            write_docs: true,
+        }
+    }
+
+    pub fn quick() -> Self {
+        Self {
+            scale: 2,
+            pgbench_seconds: 5,
+            write_docs: false,
+        }
+    }
+}
+
+fn tpcb(cluster: &Cluster, db: &str, seconds: u32) -> Result<()> {
+    run_captured(
+        cluster.client_command("pgbench", db).args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+        ]),
+        "pgbench (TPC-B)",
+    )?;
+    Ok(())
+}
+
+/// VACUUM (VERBOSE) of every pgbench table: dead row versions it could not remove.
+fn vacuum_kept(cluster: &Cluster, db: &str) -> Result<u64> {
+    let out = cluster
+        .client_command("psql", db)
+        .args([
+            "-X",
+            "-q",
+            "-c",
+            "VACUUM (VERBOSE) pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history",
+        ])
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    let kept = log
+        .lines()
+        .filter_map(|l| {
+            l.split("remain, ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    Ok(kept)
+}
+
+/// Bytes of the named pgbench tables with their indexes.
+fn size(cluster: &Cluster, db: &str, tables: &str) -> Result<i64> {
+    // Sizes are whole pages; small tables are reported in kB (see `kb`).
+    number(
+        cluster,
+        db,
+        &format!("SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c WHERE c.relname IN ({tables}) AND c.relkind = 'r'"),
+    )
+}
+
+/// pgbench_history only grows (by the number of transactions run), so it is
+/// left out: what vacuum does shows in the three tables that are updated.
+const UPDATED: &str = "'pgbench_accounts', 'pgbench_branches', 'pgbench_tellers'";
+const SMALL: &str = "'pgbench_branches', 'pgbench_tellers'";
+
+fn kb(bytes: i64) -> String {
+    format!("{} kB ({} pages)", bytes / 1024, bytes / 8192)
+}
+
+pub fn run(pg: &PgInstall, options: &PinBenchOptions) -> Result<()> {
+    let cluster = pgbench_source_cluster(pg, options.scale, "pin")?;
+    let init = |db: &str| -> Result<()> {
+        cluster.psql("postgres", &format!("CREATE DATABASE {db}"))?;
+        run_captured(
+            cluster.client_command("pgbench", db).args([
+                "-i",
+                "-q",
+                "-s",
+                &options.scale.to_string(),
+            ]),
+            "pgbench -i",
+        )?;
+        cluster.psql(db, "VACUUM ANALYZE")?;
+        Ok(())
+    };
+    init("alone")?;
+    init("beside")?;
+    let seconds = options.pgbench_seconds;
+
+    // Another database, with no clone in the cluster, then with one.
+    tpcb(&cluster, "alone", seconds)?;
+    let alone_kept = vacuum_kept(&cluster, "alone")?;
+    let alone = size(&cluster, "alone", UPDATED)?;
+    cluster.psql("postgres", "CREATE DATABASE copy TEMPLATE prod")?;
+    cluster.psql("prod", "SELECT cow.clone('prod', 'staging')")?;
+    tpcb(&cluster, "beside", seconds)?;
+    let beside_kept = vacuum_kept(&cluster, "beside")?;
+    let beside = size(&cluster, "beside", UPDATED)?;
+
+    // TPC-B in the clone and in the plain copy.
+    tpcb(&cluster, "copy", seconds)?;
+    vacuum_kept(&cluster, "copy")?;
+    let copy_small = size(&cluster, "copy", SMALL)?;
+    tpcb(&cluster, "staging", seconds)?;
+    let clone_kept = vacuum_kept(&cluster, "staging")?;
+    let clone_small = size(&cluster, "staging", SMALL)?;
+    let scope = cluster.psql("prod", "SELECT scope FROM cow.pins")?;
+
+    let table = format!(
+        "| what (each side `pgbench -c 4 -j 2 -T {seconds}` then VACUUM) | without the clone | with it | ratio |\n|---|---|---|---|\n\
+         | another database: `pgbench_accounts`, `_branches`, `_tellers` with indexes | {} | {} | {:.2}x |\n\
+         | another database: dead row versions VACUUM could not remove | {alone_kept} | {beside_kept} | |\n\
+         | `pgbench_branches` + `pgbench_tellers` (and indexes): TPC-B in a plain copy / in the clone | {} | {} | {:.2}x |\n\
+         | dead row versions VACUUM could not remove in the clone | | {clone_kept} | |\n",
+        mb(alone),
+        mb(beside),
+        beside as f64 / alone as f64,
+        kb(copy_small),
+        kb(clone_small),
+        clone_small as f64 / copy_small as f64,
+    );
+    println!("\n{table}\npin scope during the runs: {}", scope.trim());
+    if options.write_docs {
+        let (start, end) = (PIN_SECTION.start, PIN_SECTION.end);
+        let mut section = String::new();
+        let _ = write!(
+            section,
+            "{start}\n## What a clone's pin costs elsewhere\n\n\
+             Generated by `cargo run -p pg_test -- bench --pin` (pgbench scale {}, release build, one cluster). \
+             `alone` and `beside` are identical pgbench databases: `alone` runs before any clone exists, `beside` \
+             while a clone of `prod` lives (its pin scope: {}). `copy` is `CREATE DATABASE copy TEMPLATE prod`, \
+             made just before the clone; TPC-B then runs in the copy and in the clone.\n\n{table}\n{end}\n",
+            options.scale,
+            scope.trim()
+        );
+        PIN_SECTION.replace(&section)?;
+        println!("updated docs/BENCHMARKS.md");
+    }
+    if beside_kept != 0 || clone_kept != 0 {
+        return Err(Error(format!(
+            "vacuum kept dead rows: {beside_kept} in another database, {clone_kept} in the clone"
+        )));
+    }
+    Ok(())
+}
