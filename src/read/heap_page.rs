@@ -1,9 +1,11 @@
 //! Reading heap pages pinned in shared buffers, the clone's own or its
 //! source's, and judging their tuples with a snapshot.
 //!
-//! Nothing here ever writes a page: no pruning, no freezing, no killed-item
-//! hints. The only change a visibility check may make is setting hint bits
-//! through the buffer manager, which PostgreSQL itself does on every read.
+//! Nothing here ever writes a source page: no pruning, no freezing, no
+//! killed-item hints. The only change a visibility check may make is setting
+//! hint bits through the buffer manager, which PostgreSQL itself does on
+//! every read. The clone's own pages are pruned on access, as heapam's scans
+//! prune theirs (`prune_local`).
 
 use pgrx::pg_sys;
 
@@ -51,6 +53,21 @@ pub unsafe fn read(
             }
         }
     }
+}
+
+/// Lets PostgreSQL prune a page of the clone's own heap before a scan reads
+/// it, as heapam's scans do: it removes dead HOT chains only when the page
+/// is nearly full and nobody else has it pinned, so updates find room for
+/// their next version on the same page. Without it a clone's updated rows
+/// spread over new pages between VACUUMs.
+///
+/// # Safety
+/// `buffer` is a pinned, unlocked page of `rel`'s own (local) storage; a
+/// source page must never be passed.
+pub unsafe fn prune_local(rel: pg_sys::Relation, buffer: pg_sys::Buffer) {
+    // SAFETY: guaranteed by the caller; heap_page_prune_opt takes its own
+    // cleanup lock conditionally and WAL-logs what it changes.
+    unsafe { pg_sys::heap_page_prune_opt(rel, buffer) }
 }
 
 /// The page of a pinned buffer, as bytes.

@@ -49,6 +49,17 @@ fn tpcb(cluster: &Cluster, db: &str, seconds: u32) -> Result<()> {
         ]),
         "pgbench (TPC-B)",
     )?;
+    // pgbench has exited, but its backends may still be ending (and hold
+    // back this database's horizon) for a moment.
+    let others = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    );
+    for _ in 0..100 {
+        if number(cluster, db, &others)? == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     Ok(())
 }
 
@@ -66,6 +77,7 @@ fn vacuum_kept(cluster: &Cluster, db: &str) -> Result<u64> {
     let log = String::from_utf8_lossy(&out.stderr);
     let kept = log
         .lines()
+        .filter(|l| l.contains("are dead but not yet removable"))
         .filter_map(|l| {
             l.split("remain, ")
                 .nth(1)?
@@ -97,6 +109,14 @@ fn kb(bytes: i64) -> String {
     format!("{} kB ({} pages)", bytes / 1024, bytes / 8192)
 }
 
+fn no_autovacuum(cluster: &Cluster, db: &str) -> Result<()> {
+    cluster.psql(
+        db,
+        "DO $$ DECLARE t text; BEGIN FOR t IN SELECT relname FROM pg_class WHERE relname LIKE 'pgbench\\_%' AND relkind = 'r' LOOP EXECUTE format('ALTER TABLE %I SET (autovacuum_enabled = off)', t); END LOOP; END $$",
+    )?;
+    Ok(())
+}
+
 pub fn run(pg: &PgInstall, options: &PinBenchOptions) -> Result<()> {
     let cluster = pgbench_source_cluster(pg, options.scale, "pin")?;
     let init = |db: &str| -> Result<()> {
@@ -111,8 +131,12 @@ pub fn run(pg: &PgInstall, options: &PinBenchOptions) -> Result<()> {
             "pgbench -i",
         )?;
         cluster.psql(db, "VACUUM ANALYZE")?;
+        no_autovacuum(&cluster, db)?;
         Ok(())
     };
+    // Autovacuum's ANALYZE holds a snapshot in its database, which would keep
+    // dead rows there on either side; every VACUUM here is explicit.
+    no_autovacuum(&cluster, "prod")?;
     init("alone")?;
     init("beside")?;
     let seconds = options.pgbench_seconds;

@@ -146,6 +146,10 @@ impl CowScan {
         // SAFETY: the block is below the block counts taken at scan start,
         // and relations never shrink below rows a snapshot can see.
         self.buffer = unsafe { heap_page::read(from, file_block, self.strategy) };
+        if let PageSource::Local(rel) = from {
+            // SAFETY: a pinned, unlocked page of the clone's own heap.
+            unsafe { heap_page::prune_local(rel, self.buffer) };
+        }
         self.block = block;
         self.file_block = file_block;
         self.tid_block = tid_block;
