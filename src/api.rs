@@ -177,16 +177,7 @@ pub mod cow {
                     .collect();
                 let state = slot::source_slot(source);
                 let scope = Scope::of(state);
-                // The clone whose clone point is oldest holds the horizon.
-                let horizon = clones.iter().copied().reduce(|a, b| {
-                    let (xa, xb) = (a.point.xmin, b.point.xmin);
-                    // SAFETY: a pure comparison of two transaction ids.
-                    if unsafe { pg_sys::TransactionIdPrecedes(xb.into(), xa.into()) } {
-                        b
-                    } else {
-                        a
-                    }
-                });
+                let horizon = record::oldest_clone_point(clones.iter().copied());
                 let name = clones
                     .first()
                     .map(|r| r.source_name.clone())

@@ -372,6 +372,40 @@ impl Cluster {
         run_captured(&mut cmd, "psql -f")
     }
 
+    /// VACUUM (VERBOSE) of `tables` in `db`: for each table vacuumed, the
+    /// row versions removed and those dead but not yet removable, as its
+    /// "tuples: R removed, N remain, D are dead but not yet removable" line says.
+    pub fn vacuum_verbose(&self, db: &str, tables: &str) -> Result<Vec<(u64, u64)>> {
+        let out = self
+            .client_command("psql", db)
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!("VACUUM (VERBOSE) {tables}"),
+            ])
+            .output()?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("VACUUM (VERBOSE) {tables} failed: {log}");
+        }
+        Ok(log
+            .lines()
+            .filter(|l| l.contains("tuples: ") && l.contains("are dead but not yet removable"))
+            .map(|line| {
+                let numbers: Vec<u64> = line
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter(|s| !s.is_empty())
+                    .filter_map(|s| s.parse().ok())
+                    .collect();
+                let n = numbers.len();
+                (numbers[n - 3], numbers[n - 1])
+            })
+            .collect())
+    }
+
     /// `pg_dump --schema-only` of a database.
     pub fn schema_dump(&self, dbname: &str) -> Result<String> {
         run_captured(

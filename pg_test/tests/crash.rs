@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{catalog_checks_pass, footprint, rows, sqlstate, Footprint};
+use common::{catalog_checks_pass, footprint, rows, sqlstate, wait_until, Footprint};
 use pg_test::{start_test_cluster, Cluster};
 
 const POINTS: [&str; 4] = [
@@ -22,14 +22,6 @@ fn cluster_with_source() -> Cluster {
         .psql("prod", "CREATE EXTENSION cowclone; CREATE TABLE t (i int PRIMARY KEY, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g;")
         .unwrap();
     cluster
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn retry_succeeds(cluster: &Cluster, before: &Footprint) {
@@ -97,7 +89,7 @@ fn crash_at(point: &str) {
         }
     });
     let marker = format!("paused at failpoint \"{point}\"");
-    wait_for(&marker, Duration::from_secs(60), || {
+    wait_until(&marker, Duration::from_secs(60), || {
         cluster.log().contains(&marker)
     });
 
@@ -109,7 +101,7 @@ fn crash_at(point: &str) {
     cluster.start().unwrap();
 
     // The start-up worker removes the interrupted clone on its own.
-    wait_for("the reconciler", Duration::from_secs(60), || {
+    wait_until("the reconciler", Duration::from_secs(60), || {
         footprint(&cluster) == before
     });
     assert!(
@@ -151,7 +143,7 @@ fn ddl_in_the_source_during_a_clone_waits_only_if_it_drops_storage() {
         client.batch_execute("SELECT cow.clone('prod', 'staging')")
     });
     let marker = "paused at failpoint \"after_pin\"";
-    wait_for(marker, Duration::from_secs(60), || {
+    wait_until(marker, Duration::from_secs(60), || {
         cluster.log().contains(marker)
     });
 
@@ -244,7 +236,7 @@ fn a_pin_left_without_its_clone_is_released_at_restart() {
     .unwrap();
     cluster.start().unwrap();
     let released = format!("released the pin of database {source_oid}: no clones left");
-    wait_for("the launcher", Duration::from_secs(30), || {
+    wait_until("the launcher", Duration::from_secs(30), || {
         cluster.log().contains(&released)
     });
     // The clone knows it is one: it refuses to answer rather than read only its own part.

@@ -34,6 +34,18 @@ fn source_with_table(cluster: &Cluster, db: &str) {
         .unwrap();
 }
 
+/// Makes database `other`, with no clone, and its table `o` of 2000 rows.
+fn other_database(cluster: &Cluster) {
+    cluster.psql("postgres", "CREATE DATABASE other").unwrap();
+    cluster
+        .psql(
+            "other",
+            "CREATE TABLE o (i int) WITH (autovacuum_enabled = off); \
+             INSERT INTO o SELECT generate_series(1, 2000);",
+        )
+        .unwrap();
+}
+
 /// The clone's table equals `expected` through a sequential and an index scan.
 fn assert_reads(cluster: &Cluster, clone: &str, expected: &[String], when: &str) {
     assert_eq!(
@@ -61,14 +73,7 @@ fn database_oid(cluster: &Cluster, db: &str) -> String {
 fn the_pin_holds_back_only_the_source_and_shows_where_dbas_look() {
     let cluster = start_test_cluster(|_| {}).unwrap();
     source_with_table(&cluster, "prod");
-    cluster.psql("postgres", "CREATE DATABASE other").unwrap();
-    cluster
-        .psql(
-            "other",
-            "CREATE TABLE o (i int) WITH (autovacuum_enabled = off); \
-             INSERT INTO o SELECT generate_series(1, 2000);",
-        )
-        .unwrap();
+    other_database(&cluster);
     // Dead before the clone point: vacuum may remove them. (Read before the
     // delete: a scan after it would prune them before VACUUM counts them.)
     let expected: Vec<String> = contents(&cluster, "prod", "t", "")
@@ -343,14 +348,7 @@ fn without_a_free_worker_slot_the_pin_holds_every_database_until_a_holder_can_st
     .unwrap();
     source_with_table(&cluster, "prod");
     source_with_table(&cluster, "prod2");
-    cluster.psql("postgres", "CREATE DATABASE other").unwrap();
-    cluster
-        .psql(
-            "other",
-            "CREATE TABLE o (i int) WITH (autovacuum_enabled = off); \
-             INSERT INTO o SELECT generate_series(1, 2000);",
-        )
-        .unwrap();
+    other_database(&cluster);
     cluster
         .psql("prod", "SELECT cow.clone('prod', 'staging')")
         .unwrap();

@@ -61,19 +61,9 @@ pub fn start(
         .map_err(|_| ())
 }
 
-/// The oldest clone point xmin among `clones` (circular xid order).
+/// The oldest clone point xmin among `clones`.
 fn oldest_xmin(clones: &[CloneRecord]) -> Option<pg_sys::TransactionId> {
-    clones
-        .iter()
-        .map(|c| pg_sys::TransactionId::from(c.point.xmin))
-        .reduce(|a, b| {
-            // SAFETY: a pure comparison of two normal transaction ids.
-            if unsafe { pg_sys::TransactionIdPrecedes(b, a) } {
-                b
-            } else {
-                a
-            }
-        })
+    record::oldest_clone_point(clones).map(|c| pg_sys::TransactionId::from(c.point.xmin))
 }
 
 fn clone_oids(clones: &[CloneRecord]) -> Vec<u32> {

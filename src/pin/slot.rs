@@ -21,6 +21,8 @@ use pgrx::pg_sys;
 
 use crate::pg::compat;
 
+/// Every slot cowclone makes starts with this.
+const COWCLONE_PREFIX: &str = "cowclone_";
 const SOURCE_PREFIX: &str = "cowclone_source_";
 /// Before 0.2.0 every clone had its own slot, `cowclone_<clone oid>`.
 const LEGACY_PREFIX: &str = "cowclone_";
@@ -71,7 +73,7 @@ fn cowclone_slots() -> Vec<(String, SlotState)> {
                     == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
             };
             pg_sys::SpinLockRelease(&mut (*slot).mutex);
-            if name.starts_with(LEGACY_PREFIX) {
+            if name.starts_with(COWCLONE_PREFIX) {
                 found.push((name, state));
             }
         }

@@ -62,12 +62,16 @@ impl CloneRecord {
     }
 }
 
-fn state_dir() -> PathBuf {
+fn data_dir() -> PathBuf {
     // SAFETY: DataDir is set once at startup and never freed.
     let data_dir = unsafe { CStr::from_ptr(pg_sys::DataDir) }
         .to_string_lossy()
         .into_owned();
-    PathBuf::from(data_dir).join(STATE_DIR)
+    PathBuf::from(data_dir)
+}
+
+fn state_dir() -> PathBuf {
+    data_dir().join(STATE_DIR)
 }
 
 pub fn state_path(clone: pg_sys::Oid) -> PathBuf {
@@ -127,11 +131,7 @@ pub fn unmark_building(clone: pg_sys::Oid) {
 /// restored from a clone's dump (both have `cow` relations and no record).
 /// It goes with the directory when the database is dropped.
 fn clone_mark_path(database: pg_sys::Oid) -> PathBuf {
-    // SAFETY: DataDir is set once at startup and never freed.
-    let data_dir = unsafe { CStr::from_ptr(pg_sys::DataDir) }
-        .to_string_lossy()
-        .into_owned();
-    PathBuf::from(data_dir)
+    data_dir()
         .join("base")
         .join(u32::from(database).to_string())
         .join("cowclone_clone")
@@ -246,6 +246,22 @@ pub fn clones_of(source: pg_sys::Oid) -> Vec<CloneRecord> {
         .into_iter()
         .filter(|r| r.source == u32::from(source))
         .collect()
+}
+
+/// The clone whose clone point is oldest (circular xid order): the one that
+/// holds its source's horizon.
+pub fn oldest_clone_point<'a>(
+    clones: impl IntoIterator<Item = &'a CloneRecord>,
+) -> Option<&'a CloneRecord> {
+    clones.into_iter().reduce(|a, b| {
+        let (xa, xb) = (a.point.xmin, b.point.xmin);
+        // SAFETY: a pure comparison of two transaction ids.
+        if unsafe { pg_sys::TransactionIdPrecedes(xb.into(), xa.into()) } {
+            b
+        } else {
+            a
+        }
+    })
 }
 
 /// The lock that orders clone creation against storage drops in a source.

@@ -59,15 +59,37 @@ pub fn benchmark_cluster(pg: &PgInstall, label: &str) -> Result<Cluster> {
 pub fn pgbench_source_cluster(pg: &PgInstall, scale: u32, label: &str) -> Result<Cluster> {
     let cluster = benchmark_cluster(pg, label)?;
     cluster.psql("postgres", "CREATE DATABASE prod")?;
-    run_captured(
-        cluster
-            .client_command("pgbench", "prod")
-            .args(["-i", "-q", "-s", &scale.to_string()]),
-        "pgbench -i",
-    )?;
+    pgbench_init(&cluster, "prod", scale)?;
     cluster.psql("prod", "CREATE EXTENSION cowclone")?;
     cluster.psql("prod", "VACUUM ANALYZE")?;
     Ok(cluster)
+}
+
+/// `pgbench -i` of `scale` into the existing database `db`.
+pub fn pgbench_init(cluster: &Cluster, db: &str, scale: u32) -> Result<()> {
+    run_captured(
+        cluster
+            .client_command("pgbench", db)
+            .args(["-i", "-q", "-s", &scale.to_string()]),
+        "pgbench -i",
+    )?;
+    Ok(())
+}
+
+/// TPC-B in `db`: `pgbench -n -c 4 -j 2 -T seconds`; returns pgbench's report.
+pub fn tpcb(cluster: &Cluster, db: &str, seconds: u32) -> Result<String> {
+    run_captured(
+        cluster.client_command("pgbench", db).args([
+            "-n",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+        ]),
+        "pgbench (TPC-B)",
+    )
 }
 
 /// docs/BENCHMARKS.md.

@@ -5,11 +5,10 @@
 
 use std::fmt::Write as _;
 
-use super::common::{mb, number, pgbench_source_cluster, PIN_SECTION};
+use super::common::{mb, number, pgbench_init, pgbench_source_cluster, tpcb, PIN_SECTION};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::install::PgInstall;
-use crate::process::run_captured;
 
 pub struct PinBenchOptions {
     /// pgbench scale of the source and of the other database.
@@ -36,19 +35,9 @@ impl PinBenchOptions {
     }
 }
 
-fn tpcb(cluster: &Cluster, db: &str, seconds: u32) -> Result<()> {
-    run_captured(
-        cluster.client_command("pgbench", db).args([
-            "-n",
-            "-c",
-            "4",
-            "-j",
-            "2",
-            "-T",
-            &seconds.to_string(),
-        ]),
-        "pgbench (TPC-B)",
-    )?;
+/// TPC-B, then the wait until its backends are gone.
+fn tpcb_then_settle(cluster: &Cluster, db: &str, seconds: u32) -> Result<()> {
+    tpcb(cluster, db, seconds)?;
     // pgbench has exited, but its backends may still be ending (and hold
     // back this database's horizon) for a moment.
     let others = format!(
@@ -65,29 +54,11 @@ fn tpcb(cluster: &Cluster, db: &str, seconds: u32) -> Result<()> {
 
 /// VACUUM (VERBOSE) of every pgbench table: dead row versions it could not remove.
 fn vacuum_kept(cluster: &Cluster, db: &str) -> Result<u64> {
-    let out = cluster
-        .client_command("psql", db)
-        .args([
-            "-X",
-            "-q",
-            "-c",
-            "VACUUM (VERBOSE) pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history",
-        ])
-        .output()?;
-    let log = String::from_utf8_lossy(&out.stderr);
-    let kept = log
-        .lines()
-        .filter(|l| l.contains("are dead but not yet removable"))
-        .filter_map(|l| {
-            l.split("remain, ")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
-    Ok(kept)
+    let counts = cluster.vacuum_verbose(
+        db,
+        "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history",
+    )?;
+    Ok(counts.iter().map(|(_, kept)| kept).sum())
 }
 
 /// Bytes of the named pgbench tables with their indexes.
@@ -121,15 +92,7 @@ pub fn run(pg: &PgInstall, options: &PinBenchOptions) -> Result<()> {
     let cluster = pgbench_source_cluster(pg, options.scale, "pin")?;
     let init = |db: &str| -> Result<()> {
         cluster.psql("postgres", &format!("CREATE DATABASE {db}"))?;
-        run_captured(
-            cluster.client_command("pgbench", db).args([
-                "-i",
-                "-q",
-                "-s",
-                &options.scale.to_string(),
-            ]),
-            "pgbench -i",
-        )?;
+        pgbench_init(&cluster, db, options.scale)?;
         cluster.psql(db, "VACUUM ANALYZE")?;
         no_autovacuum(&cluster, db)?;
         Ok(())
@@ -142,20 +105,20 @@ pub fn run(pg: &PgInstall, options: &PinBenchOptions) -> Result<()> {
     let seconds = options.pgbench_seconds;
 
     // Another database, with no clone in the cluster, then with one.
-    tpcb(&cluster, "alone", seconds)?;
+    tpcb_then_settle(&cluster, "alone", seconds)?;
     let alone_kept = vacuum_kept(&cluster, "alone")?;
     let alone = size(&cluster, "alone", UPDATED)?;
     cluster.psql("postgres", "CREATE DATABASE copy TEMPLATE prod")?;
     cluster.psql("prod", "SELECT cow.clone('prod', 'staging')")?;
-    tpcb(&cluster, "beside", seconds)?;
+    tpcb_then_settle(&cluster, "beside", seconds)?;
     let beside_kept = vacuum_kept(&cluster, "beside")?;
     let beside = size(&cluster, "beside", UPDATED)?;
 
     // TPC-B in the clone and in the plain copy.
-    tpcb(&cluster, "copy", seconds)?;
+    tpcb_then_settle(&cluster, "copy", seconds)?;
     vacuum_kept(&cluster, "copy")?;
     let copy_small = size(&cluster, "copy", SMALL)?;
-    tpcb(&cluster, "staging", seconds)?;
+    tpcb_then_settle(&cluster, "staging", seconds)?;
     let clone_kept = vacuum_kept(&cluster, "staging")?;
     let clone_small = size(&cluster, "staging", SMALL)?;
     let scope = cluster.psql("prod", "SELECT scope FROM cow.pins")?;

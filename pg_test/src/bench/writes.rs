@@ -5,11 +5,12 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use super::common::{mb, median, number, pgbench_source_cluster, pgbench_tps, WRITES_SECTION};
+use super::common::{
+    mb, median, number, pgbench_source_cluster, pgbench_tps, tpcb, WRITES_SECTION,
+};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::install::PgInstall;
-use crate::process::run_captured;
 
 pub struct WriteBenchOptions {
     /// pgbench scale of the source.
@@ -72,18 +73,7 @@ fn stored_bytes(cluster: &Cluster, db: &str) -> Result<i64> {
 }
 
 fn tpcb_tps(cluster: &Cluster, db: &str, seconds: u32) -> Result<(f64, i64)> {
-    let out = run_captured(
-        cluster.client_command("pgbench", db).args([
-            "-n",
-            "-c",
-            "4",
-            "-j",
-            "2",
-            "-T",
-            &seconds.to_string(),
-        ]),
-        "pgbench (TPC-B)",
-    )?;
+    let out = tpcb(cluster, db, seconds)?;
     let tps = pgbench_tps(&out)?;
     let failed = out
         .lines()

@@ -167,24 +167,11 @@ pub fn holder_of(cluster: &Cluster, source: &str) -> String {
     pid
 }
 
-/// VACUUM (VERBOSE) of one table: (removed, dead but not yet removable).
+/// VACUUM (VERBOSE) of one table: (removed, dead but not yet removable) of
+/// the table itself (its TOAST table, reported after it, is left out).
 pub fn vacuum_counts(cluster: &Cluster, db: &str, table: &str) -> (u64, u64) {
-    let output = cluster
-        .client_command("psql", db)
-        .args(["-X", "-q", "-c", &format!("VACUUM (VERBOSE) {table}")])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
-    let line = log
-        .lines()
-        .find(|l| l.contains("tuples: ") && l.contains("are dead but not yet removable"))
-        .unwrap_or_else(|| panic!("no tuple counts in VACUUM VERBOSE of {table}: {log}"));
-    let numbers: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
-    // "tuples: R removed, N remain, D are dead but not yet removable"
-    let n = numbers.len();
-    (numbers[n - 3], numbers[n - 1])
+    let counts = cluster.vacuum_verbose(db, table).unwrap();
+    *counts
+        .first()
+        .unwrap_or_else(|| panic!("no tuple counts in VACUUM VERBOSE of {table}"))
 }
