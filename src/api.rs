@@ -176,7 +176,7 @@ pub mod cow {
                     .filter(|r| r.source == u32::from(source))
                     .collect();
                 let state = slot::source_slot(source);
-                let scope = Scope::of(state);
+                let scope = Scope::current(source);
                 let horizon = record::oldest_clone_point(clones.iter().copied());
                 let name = clones
                     .first()
@@ -229,7 +229,7 @@ SELECT c.clone_oid,
   FROM cow._clone_records() c
   JOIN pg_database d ON d.oid = c.clone_oid
   LEFT JOIN pg_database s ON s.oid = c.source_oid;
-COMMENT ON VIEW cow.clones IS 'Every clone in the cluster: source, clone point, status, and the age and state (source-only, cluster-wide, warning past cow.pin_warn_age, missing) of its pin';
+COMMENT ON VIEW cow.clones IS 'Every clone in the cluster: source, clone point, status, and the age and state (source-only, cluster-wide, warning past cow.pin_warn_age, missing, or standby on a server in recovery, where the primary holds it) of its pin';
 
 CREATE FUNCTION cow.lineage(db name) RETURNS SETOF cow.clones
 LANGUAGE plpgsql STABLE AS $$
@@ -269,7 +269,7 @@ SELECT p.source_oid,
   FROM cow._pins() p
   LEFT JOIN pg_database s ON s.oid = p.source_oid
   LEFT JOIN pg_database h ON h.oid = p.horizon_clone_oid;
-COMMENT ON VIEW cow.pins IS 'One row per source with clones: whether its pin holds back only the source (source-only, its holder connected) or every database (cluster-wide, no holder running), the holder''s pid, the clone whose clone point holds the horizon, and its age';
+COMMENT ON VIEW cow.pins IS 'One row per source with clones: whether its pin holds back only the source (source-only, its holder connected), every database (cluster-wide, no holder running) or is the primary''s (standby: this server is in recovery), the holder''s pid, the clone whose clone point holds the horizon, and its age';
 "#,
     name = "pins_view",
     requires = [cow::pins],

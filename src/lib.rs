@@ -42,6 +42,8 @@ mod api;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     if pg::preload::on_library_load() {
+        lifecycle::guard::refuse_binary_upgrade_with_clones();
+        state::wal::register();
         lifecycle::guard::install();
         read::hooks::install();
         utility_hook::install();

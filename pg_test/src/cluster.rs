@@ -134,19 +134,99 @@ impl Cluster {
     /// A cluster in a fresh directory under the system temp dir, started,
     /// stopped and deleted when dropped.
     pub fn temporary(pg: &PgInstall, config: ClusterConfig) -> Result<Self> {
-        static SEQUENCE: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "cowclone-{}-{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        ));
-        if dir.exists() {
-            fs::remove_dir_all(&dir)?;
-        }
+        let dir = temporary_dir()?;
         let mut cluster = Self::create(&dir, pg, config)?;
         cluster.temporary = true;
         cluster.start()?;
         Ok(cluster)
+    }
+
+    /// A temporary cluster, initialised but not started (a target for
+    /// pg_upgrade, say); deleted when dropped.
+    pub fn temporary_stopped(pg: &PgInstall, config: ClusterConfig) -> Result<Self> {
+        let mut cluster = Self::create(&temporary_dir()?, pg, config)?;
+        cluster.temporary = true;
+        Ok(cluster)
+    }
+
+    /// A new temporary cluster made from a base backup of this running one
+    /// (`pg_basebackup -X stream -c fast`), not started yet; deleted when
+    /// dropped. As a `standby` (`-R`) it follows this cluster by streaming
+    /// replication once started; otherwise it recovers to the end of the
+    /// backup and becomes a primary of its own, unless `settings` in its
+    /// configuration and a `recovery.signal` (see `add_data_file`) say more.
+    pub fn base_backup(&self, config: ClusterConfig, standby: bool) -> Result<Cluster> {
+        let dir = prepare_dir(&temporary_dir()?)?;
+        let mut cmd = as_server_user(self.pg.tool("pg_basebackup"));
+        cmd.arg("-h")
+            .arg(&self.dir)
+            .arg("-p")
+            .arg(self.config.port.to_string())
+            .args(["-U", SUPERUSER, "-X", "stream", "-c", "fast", "--no-sync"])
+            .arg("-D")
+            .arg(dir.join("data"));
+        if standby {
+            cmd.arg("-R");
+        }
+        run_captured(&mut cmd, "pg_basebackup")?;
+        Ok(Cluster {
+            pg: self.pg.clone(),
+            dir,
+            config,
+            running: false,
+            temporary: true,
+        })
+    }
+
+    /// Promotes this standby (`pg_ctl promote -w`): it returns once the
+    /// server accepts writes.
+    pub fn promote(&self) -> Result<()> {
+        run_captured(
+            as_server_user(self.pg.tool("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-w", "-t", "120", "-s", "promote"]),
+            "pg_ctl promote",
+        )
+        .map(|_| ())
+    }
+
+    /// Waits until `standby` has replayed everything this primary wrote so far.
+    pub fn wait_for_replay(&self, standby: &Cluster) -> Result<()> {
+        let lsn = self.psql("postgres", "SELECT pg_current_wal_lsn()")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let replayed = standby.psql(
+                "postgres",
+                &format!(
+                    "SELECT pg_last_wal_replay_lsn() >= '{}'::pg_lsn",
+                    lsn.trim()
+                ),
+            );
+            if replayed.is_ok_and(|r| r.trim() == "t") {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the standby did not replay up to {} in 120 s", lsn.trim());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// A directory under DIR owned by the server user (a WAL archive, say).
+    pub fn server_dir(&self, name: &str) -> Result<PathBuf> {
+        let path = self.dir.join(name);
+        fs::create_dir_all(&path)?;
+        give_to_server_user(&path)?;
+        Ok(path)
+    }
+
+    /// Writes a file in the data directory as the server user would
+    /// (`recovery.signal`, say).
+    pub fn add_data_file(&self, name: &str, contents: &str) -> Result<()> {
+        let path = self.data_dir().join(name);
+        fs::write(&path, contents)?;
+        give_to_server_user(&path)
     }
 
     /// The cluster already initialised in DIR, for commands such as `stop`.
@@ -446,6 +526,20 @@ impl Drop for Cluster {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A fresh directory name under the system temp dir, unique in this run.
+fn temporary_dir() -> Result<PathBuf> {
+    static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "cowclone-{}-{}",
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed)
+    ));
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    Ok(dir)
 }
 
 /// Direct children of a process, from /proc.

@@ -224,16 +224,17 @@ fn a_pin_left_without_its_clone_is_released_at_restart() {
         .remove(0)
     };
     let (clone_oid, source_oid) = (oid_of("staging"), oid_of("prod"));
-    // Lose the clone's record while the server is down: nothing is left
-    // that says the source's pin is needed.
+    // Lose the clone's record: nothing is left that says the source's pin
+    // is needed.
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "DELETE FROM pg_shseclabel WHERE provider = 'cowclone' AND objoid = {clone_oid}"
+            ),
+        )
+        .unwrap();
     cluster.stop().unwrap();
-    std::fs::remove_file(
-        cluster
-            .data_dir()
-            .join("pg_cowclone")
-            .join(format!("{clone_oid}.state")),
-    )
-    .unwrap();
     cluster.start().unwrap();
     let released = format!("released the pin of database {source_oid}: no clones left");
     wait_until("the launcher", Duration::from_secs(30), || {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 mod common;
 
-use common::{contents, rich_schema, rows, sqlstate};
+use common::{app_tables as tables, contents, rich_schema, rows, run_each, sqlstate};
 use pg_test::{start_test_cluster, Cluster};
 
 /// Plan settings under which every query must give the same rows.
@@ -48,26 +48,6 @@ const INDEXED_QUERIES: [&str; 16] = [
 ];
 
 /// Every table, matview and partitioned table of the source's `app` schema.
-fn tables(cluster: &Cluster, db: &str) -> Vec<String> {
-    rows(
-        cluster,
-        db,
-        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = 'app' AND c.relkind IN ('r', 'm', 'p') ORDER BY 1",
-    )
-}
-
-/// Runs statements one by one (VACUUM cannot run in psql -c's single transaction).
-fn run_each(cluster: &Cluster, db: &str, statements: &str) {
-    for statement in statements
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        cluster.psql(db, statement).unwrap();
-    }
-}
-
 fn query_rows(cluster: &Cluster, db: &str, settings: &str, sql: &str) -> Vec<String> {
     rows(cluster, db, &format!("{settings} {sql}"))
 }

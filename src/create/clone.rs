@@ -1,9 +1,10 @@
 //! `cow.clone(source, target)`: creating a clone.
 //!
 //! Everything happens in the caller's single transaction, so the clone's
-//! `pg_database` row, and with it the clone, becomes visible only when it is
-//! complete. What a rollback cannot undo, the files of the new database and
-//! its state file, is removed by an abort callback registered here.
+//! `pg_database` row and its record, and with them the clone, become
+//! visible only when it is complete. What a rollback cannot undo, the files
+//! of the new database (its witness among them), is removed by an abort
+//! callback registered here.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -304,7 +305,6 @@ unsafe extern "C-unwind" fn on_transaction_end(
         pg_sys::XactEvent::XACT_EVENT_ABORT => {
             set_pending(None);
             remove_clone_files(pending.clone);
-            record::remove_record(pending.clone);
             if pending.made_source_slot {
                 slot::drop_slot(&slot::source_slot_name(pending.source));
             }
@@ -393,7 +393,9 @@ fn create_database_shell(target: &str, locale: &DatabaseLocale) -> pg_sys::Oid {
 /// source's login event triggers (template0's row, which it starts from,
 /// has none).
 fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
-    // SAFETY: updates this transaction's own, not yet committed, pg_database row.
+    // SAFETY: updates this transaction's own, not yet committed, pg_database
+    // row, under the tuple lock current releases check for updates of that
+    // catalog (as ALTER DATABASE takes it); nobody else knows the row yet.
     unsafe {
         let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::RowExclusiveLock as i32);
         let cached = pg_sys::SearchSysCache1(
@@ -409,6 +411,8 @@ fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
         }
         let tuple = pg_sys::heap_copytuple(cached);
         pg_sys::ReleaseSysCache(cached);
+        // InplaceUpdateTupleLock is ExclusiveLock.
+        pg_sys::LockTuple(rel, &mut (*tuple).t_self, pg_sys::ExclusiveLock as i32);
         let form = &mut *pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
         form.datfrozenxid = info.frozen_xid;
         form.datminmxid = info.min_multi;
@@ -520,9 +524,19 @@ fn create_local_storage(
 }
 
 /// Refuses a call that cannot clone here: a server that did not preload
-/// cowclone (55000), or inside a transaction block (25001).
+/// cowclone (55000), a standby (25006), or inside a transaction block (25001).
 pub fn refuse_unless_callable() {
     preload::require_preloaded();
+    // SAFETY: reads shared recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "cannot clone a database during recovery",
+        )
+        .detail("This server is a standby (or still recovering): it cannot create databases.")
+        .hint("Run cow.clone on the primary; the clone reaches this standby through WAL.")
+        .raise();
+    }
     // SAFETY: the same check CREATE DATABASE makes (SQLSTATE 25001).
     unsafe { pg_sys::PreventInTransactionBlock(true, c"cow.clone()".as_ptr()) };
 }
@@ -595,12 +609,13 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         made_source_slot: false,
     }));
     record::mark_building(clone);
-    record::mark_as_clone(clone, source_oid);
     inherit_frozen_horizons(clone, &info);
     inherit_settings(source_oid, clone);
     failpoint::reached("after_createdb");
 
-    let (clone_point, point, pin) = snapshot::pin_and_take(source_oid);
+    let (clone_point, point, pin) = snapshot::pin_and_take(source_oid, |pin_xmin| {
+        record::announce(clone, source_oid, pin_xmin)
+    });
     failpoint::reached("after_pin");
     let (relations, switch) = shadowing_plan(&source, clone_point.0, source_name);
     let copies = catalog_copy::copy_catalog(&source, &relations, clone_point.0, &switch);
@@ -616,7 +631,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     drop(clone_point);
     failpoint::reached("after_catalog_copy");
 
-    record::write_record(&CloneRecord {
+    record::save(&CloneRecord {
         clone: u32::from(clone),
         source: u32::from(source_oid),
         source_name: source_name.to_string(),

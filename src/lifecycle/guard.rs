@@ -26,6 +26,36 @@ use crate::lifecycle::holder;
 use crate::pg::error::CowError;
 use crate::state::record::{self, CloneRecord};
 
+/// `pg_upgrade` carries relation files and the catalog, but neither a
+/// clone's witness nor its source's slot: a clone would come out of it
+/// unpinned, and with the witness gone, unable to tell that its record is
+/// missing. So a server started for an upgrade (binary-upgrade mode, as
+/// pg_upgrade starts the old cluster, `--check` included) refuses to start
+/// while a clone exists, before pg_upgrade has changed anything.
+pub fn refuse_binary_upgrade_with_clones() {
+    // SAFETY: a start-up flag, set before shared_preload_libraries is processed.
+    if !unsafe { pg_sys::IsBinaryUpgrade } {
+        return;
+    }
+    let clones: Vec<String> = crate::state::witness::all()
+        .iter()
+        .map(|(database, _)| database.to_string())
+        .collect();
+    if clones.is_empty() {
+        return;
+    }
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        "pg_upgrade cannot carry cowclone clones",
+    )
+    .detail(format!(
+        "The databases with OIDs {} are clones; pg_upgrade would copy their catalogs but not their pins or witnesses, and their rows would be lost.",
+        clones.join(", ")
+    ))
+    .hint("Start the old cluster normally, drop the clones (SELECT clone FROM cow.clones lists them), then run pg_upgrade again.")
+    .fatal()
+}
+
 pub fn install() {
     // SAFETY: _PG_init runs once in the postmaster, single-threaded, before
     // any backend exists; backends inherit the callback and the hook.
@@ -172,10 +202,32 @@ fn option_value(options: *mut pg_sys::List, wanted: &str) -> Option<std::ffi::CS
     }
 }
 
+/// The clone a DROP DATABASE in this backend is dropping, and its source:
+/// its record goes with the database, so it is read before.
+static mut DROPPING_CLONE: Option<(pg_sys::Oid, pg_sys::Oid)> = None;
+
 /// After a DROP DATABASE: forgets the clone it dropped, if it was one.
 #[pg_guard]
 pub extern "C-unwind" fn forget_dropped_clone(database: pg_sys::Oid) {
-    record::forget_clone(database);
+    // SAFETY: backend-local state of this single-threaded backend.
+    let dropping = unsafe { (&raw mut DROPPING_CLONE).replace(None) };
+    if let Some((clone, source)) = dropping.filter(|(clone, _)| *clone == database) {
+        record::forget_clone(clone, source);
+    }
+}
+
+/// A clone's directory holds its witness, which must stay in `base/`.
+fn refuse_moving_a_clone(database: pg_sys::Oid) {
+    if database == pg_sys::InvalidOid || record::read_record(database).is_none() {
+        return;
+    }
+    let name = database_name(database.into()).unwrap_or_default();
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("cannot move clone \"{name}\" to another tablespace"),
+    )
+    .detail("cowclone keeps clones in tablespace pg_default.")
+    .raise();
 }
 
 /// Refuses what must not run in or on a source; returns the database a
@@ -220,12 +272,18 @@ pub unsafe extern "C-unwind" fn check_utility(pstmt: *mut pg_sys::PlannedStmt) -
                 let oid = pg_sys::get_database_oid((*stmt).dbname, true);
                 refuse_if_source(oid, "drop");
                 holder::step_aside(oid);
+                DROPPING_CLONE = (oid != pg_sys::InvalidOid)
+                    .then(|| record::read_record(oid))
+                    .flatten()
+                    .map(|r| (oid, pg_sys::Oid::from(r.source)));
                 Some(oid)
             }
             pg_sys::NodeTag::T_AlterDatabaseStmt => {
                 let stmt = node as *mut pg_sys::AlterDatabaseStmt;
                 if option_named((*stmt).options, "tablespace") {
-                    refuse_if_source(pg_sys::get_database_oid((*stmt).dbname, true), "move");
+                    let oid = pg_sys::get_database_oid((*stmt).dbname, true);
+                    refuse_if_source(oid, "move");
+                    refuse_moving_a_clone(oid);
                 }
                 None
             }

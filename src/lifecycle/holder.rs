@@ -14,7 +14,10 @@
 //!   clone creation holds until commit (so no clone point newer than the
 //!   old pin but older than the new one is in flight), then advertised again
 //!   and the slot disarmed. New clones never need the pin to move down:
-//!   snapshot xmins never go backwards.
+//!   snapshot xmins never go backwards. While it holds, the holder runs
+//!   no transaction (its end would clear the advertised xmin), so it
+//!   notices a dropped clone by its witness file going with the database's
+//!   directory (`state::witness::clones_of`), not by reading the catalog.
 //! - Letting go: a `before_shmem_exit` callback re-arms the slot before the
 //!   process leaves the proc array, whatever ends it (SIGTERM, an error,
 //!   FATAL). SIGKILL makes the postmaster restart the cluster, which
@@ -31,6 +34,7 @@ use pgrx::prelude::*;
 use crate::pg::compat;
 use crate::pin::{advertised, slot};
 use crate::state::record::{self, CloneRecord};
+use crate::state::witness;
 
 /// How often an idle holder looks at its source's clones.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -61,15 +65,13 @@ pub fn start(
         .map_err(|_| ())
 }
 
+fn clone_oids(clones: &[CloneRecord]) -> Vec<u32> {
+    clones.iter().map(|c| c.clone).collect()
+}
+
 /// The oldest clone point xmin among `clones`.
 fn oldest_xmin(clones: &[CloneRecord]) -> Option<pg_sys::TransactionId> {
     record::oldest_clone_point(clones).map(|c| pg_sys::TransactionId::from(c.point.xmin))
-}
-
-fn clone_oids(clones: &[CloneRecord]) -> Vec<u32> {
-    let mut oids: Vec<u32> = clones.iter().map(|c| c.clone).collect();
-    oids.sort_unstable();
-    oids
 }
 
 struct Holding {
@@ -93,10 +95,46 @@ unsafe extern "C-unwind" fn rearm_at_exit(_code: i32, _arg: pg_sys::Datum) {
     }
 }
 
+/// Moves the record files 0.2.0 left for `source`'s clones into the catalog
+/// (with a witness of the current format, WAL-logged); returns the clones
+/// whose file may go once this transaction commits. Here rather than in the
+/// launcher because writing a catalog needs a database connection.
+fn migrate_legacy_records(source: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    let mut moved = Vec::new();
+    for legacy in record::legacy_records() {
+        if legacy.source != u32::from(source) {
+            continue;
+        }
+        let clone = pg_sys::Oid::from(legacy.clone);
+        // SAFETY: a syscache lookup of pg_database, in a transaction.
+        if unsafe { pg_sys::get_database_name(clone) }.is_null() {
+            continue;
+        }
+        if !record::has_label(clone) {
+            record::save(&legacy);
+        }
+        moved.push(clone);
+    }
+    moved
+}
+
 /// Takes the source's pin over, in a transaction holding the source lock.
 /// None when there is nothing to hold (no clones: the slot, if any, is let
 /// go of) or another holder holds it.
 fn take_over(source: pg_sys::Oid) -> Option<Holding> {
+    let migrated = BackgroundWorker::transaction(move || {
+        record::lock_source(source);
+        migrate_legacy_records(source)
+    });
+    for clone in &migrated {
+        record::remove_legacy_file(*clone);
+    }
+    if !migrated.is_empty() {
+        pgrx::log!(
+            "cowclone: moved {} clone record(s) of 0.2.0 into the catalog",
+            migrated.len()
+        );
+    }
     let taken = BackgroundWorker::transaction(move || {
         record::lock_source(source);
         let clones = record::clones_of(source);
@@ -206,10 +244,13 @@ impl Holding {
             // SAFETY: as in `stand_down`.
             unsafe { slot::arm_acquired() };
         }
-        let now = clone_oids(&record::clones_of(self.source));
-        if self.clones.iter().all(|c| now.contains(c)) {
-            // Only additions: their clone points are newer than the pin.
-            self.clones = now;
+        // The clones the pin was computed for, read under the source lock; a
+        // clone added since has a newer clone point and changes nothing. A
+        // DROP DATABASE removes the witness before its transaction commits:
+        // a recount then may still see the clone, and counts again at the
+        // next check until it is gone.
+        let present = witness::clones_of(self.source);
+        if self.clones.iter().all(|c| present.contains(c)) {
             if lost {
                 self.hold();
             }

@@ -5,10 +5,11 @@
 //! that transaction ends. A marker whose transaction is no longer running
 //! therefore means: the clone committed (its database exists; only the
 //! marker is stale) or a crash interrupted it (no database): then its
-//! directory and state file are removed. A state file whose database is
-//! gone (a crash between DROP DATABASE and forgetting the clone) is removed,
-//! and so is a per-clone pin (made before 0.2.0) left with neither database
-//! nor record. A source's slot that no clone needs any more is let go by the
+//! directory (with the witness in it) is removed; its record, in the
+//! catalog, aborted with it. A record file of 0.2.0 whose database is gone
+//! (a crash between DROP DATABASE and forgetting the clone) is removed, and
+//! so is a per-clone pin (made before 0.2.0) left with neither database nor
+//! record. A source's slot that no clone needs any more is let go by the
 //! source's holder or the launcher (`lifecycle::holder`, `lifecycle::workers`).
 //! Runs when the launcher starts and at the start of every clone.
 
@@ -59,7 +60,7 @@ pub fn remove_interrupted_clones() -> usize {
         if !database_exists(clone) {
             clone::remove_clone_files(clone);
             slot::drop_slot(&slot::legacy_slot_name(clone));
-            record::remove_record(clone);
+            record::remove_legacy_file(clone);
             pgrx::log!(
                 "cowclone: removed clone {} interrupted by a crash",
                 u32::from(clone)
@@ -68,10 +69,10 @@ pub fn remove_interrupted_clones() -> usize {
         }
         record::unmark_building(clone);
     }
-    for stored in record::all_records() {
+    for stored in record::legacy_records() {
         let clone = pg_sys::Oid::from(stored.clone);
         if !database_exists(clone) && !record::marker_path(clone).exists() {
-            record::forget_clone(clone);
+            record::forget_clone(clone, pg_sys::Oid::from(stored.source));
             removed += 1;
         }
     }

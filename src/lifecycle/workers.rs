@@ -21,7 +21,7 @@ use pgrx::PgSqlErrorCode;
 use crate::lifecycle::{holder, reconcile};
 use crate::pg::error::CowError;
 use crate::pin::slot;
-use crate::state::record;
+use crate::state::{record, witness};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -69,7 +69,11 @@ struct Launcher {
 impl Launcher {
     fn tick(&mut self) {
         let mut sources: BTreeMap<u32, String> = BTreeMap::new();
-        for r in record::all_records() {
+        for r in BackgroundWorker::transaction(|| {
+            let records = record::all_records();
+            restore_lost_witnesses(&records);
+            records
+        }) {
             sources.entry(r.source).or_insert(r.source_name);
         }
         let slots = slot::source_slots();
@@ -129,6 +133,45 @@ fn release_unneeded(sources: &[pg_sys::Oid]) {
             pgrx::log!(
                 "cowclone: released the pin of database {}: no clones left",
                 u32::from(source)
+            );
+        }
+    }
+}
+
+/// A clone whose record stands but whose witness file is gone (removed by
+/// hand, say) would get no pin at the end of the next recovery: write it
+/// again (WAL-logged), in the launcher's transaction.
+fn restore_lost_witnesses(records: &[record::CloneRecord]) {
+    for r in records {
+        if witness::read(r.clone).is_some_and(|w| w.pin_xmin != 0) {
+            continue;
+        }
+        let clone = pg_sys::Oid::from(r.clone);
+        // SAFETY: a lock on a shared object, released at transaction end:
+        // it waits out a DROP DATABASE of the clone (AccessExclusiveLock),
+        // after which the syscache lookup sees the row gone.
+        unsafe {
+            pg_sys::LockSharedObject(
+                pg_sys::DatabaseRelationId,
+                clone,
+                0,
+                pg_sys::AccessShareLock as i32,
+            );
+        }
+        // SAFETY: a syscache lookup of pg_database, in a transaction.
+        if unsafe { pg_sys::get_database_name(clone) }.is_null() {
+            continue;
+        }
+        let was_missing = !witness::exists(clone);
+        let written = witness::record(&witness::Witness {
+            clone: r.clone,
+            source: r.source,
+            pin_xmin: r.point.xmin,
+        });
+        if written && was_missing {
+            pgrx::warning!(
+                "cowclone: the witness file of clone {} was missing; it was written again",
+                r.clone
             );
         }
     }

@@ -49,6 +49,20 @@ impl CowError {
         report.report(PgLogLevel::WARNING);
     }
 
+    /// Reports at level FATAL: the process exits (in the postmaster, the
+    /// server does not start).
+    pub fn fatal(self) -> ! {
+        let mut report = ErrorReport::new(self.code, self.message, "cowclone");
+        if let Some(detail) = self.detail {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = self.hint {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::FATAL);
+        unreachable!("a FATAL report does not return")
+    }
+
     /// Raises the error at level ERROR: the current transaction is aborted
     /// and control never comes back.
     #[track_caller]

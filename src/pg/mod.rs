@@ -9,6 +9,7 @@ pub mod error;
 pub mod failpoint;
 pub mod hooks;
 pub mod page;
+pub mod page_file;
 pub mod preload;
 pub mod relation;
 pub mod relcopy;

@@ -33,9 +33,22 @@ pub enum Scope {
     Cluster,
     /// Neither: the source's slot does not exist.
     Missing,
+    /// This server is a standby: nothing prunes here, and the primary's pin
+    /// kept what it replays. Promotion puts the pin in force here
+    /// (`state::wal`).
+    Standby,
 }
 
 impl Scope {
+    /// How a source's pin stands on this server now.
+    pub fn current(source: pg_sys::Oid) -> Self {
+        // SAFETY: reads shared recovery state.
+        if unsafe { pg_sys::RecoveryInProgress() } {
+            return Scope::Standby;
+        }
+        Scope::of(slot::source_slot(source))
+    }
+
     pub fn of(state: Option<SlotState>) -> Self {
         match state {
             Some(s) if s.armed => Scope::Cluster,
@@ -51,6 +64,7 @@ impl Scope {
             Scope::Source => "source-only",
             Scope::Cluster => "cluster-wide",
             Scope::Missing => "missing",
+            Scope::Standby => "standby",
         }
     }
 }
@@ -81,7 +95,7 @@ pub fn age_of(xmin: u32) -> i64 {
 
 /// The age in transactions of a clone's pin (its clone point's xmin) and its state.
 pub fn pin_age(source: pg_sys::Oid, clone_point_xmin: u32) -> (Option<i64>, PinState) {
-    let scope = Scope::of(slot::source_slot(source));
+    let scope = Scope::current(source);
     if scope == Scope::Missing {
         return (None, PinState::Held(scope));
     }

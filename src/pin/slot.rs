@@ -324,3 +324,103 @@ pub fn wake_holder(source: pg_sys::Oid) {
         }
     }
 }
+
+/// Sets a source's pin from the startup process (`state::wal`): at `xmin`
+/// exactly, armed, its slot made if missing; with no clone left (None), the
+/// slot is dropped. Runs as a standby or crash recovery replays a clone's
+/// witness or drop, when replay starts, and when recovery ends, so the pin
+/// is in force on a standby (whose horizons, and so any session that
+/// survives a promotion, count it) and on a promoted standby or restored
+/// base backup before anything may prune: slots are neither replicated nor
+/// in base backups. No cowclone process acquires slots during recovery.
+/// `only_lower`: the pin may only move down (or the slot be made), never up.
+pub fn set_pin_in_recovery(source: pg_sys::Oid, xmin: Option<u32>, only_lower: bool) {
+    let name = source_slot_name(source);
+    let existing = source_slot(source);
+    let xmin = match (xmin, existing) {
+        // SAFETY: a pure comparison of two transaction ids.
+        (Some(wanted), Some(s))
+            if only_lower
+                && s.xmin != 0
+                && unsafe { pg_sys::TransactionIdPrecedes(s.xmin.into(), wanted.into()) } =>
+        {
+            Some(s.xmin)
+        }
+        _ => xmin,
+    };
+    let Some(xmin) = xmin else {
+        if existing.is_some_and(|s| s.active_pid == 0) {
+            drop_slot(&name);
+            pgrx::log!(
+                "cowclone: released the pin of database {} in recovery: no clones left",
+                u32::from(source)
+            );
+        }
+        return;
+    };
+    if existing.is_some_and(|s| s.armed && s.xmin == xmin) {
+        return;
+    }
+    // SAFETY: a start-up setting.
+    if unsafe { pg_sys::max_replication_slots } <= 0 {
+        crate::pg::error::CowError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!(
+                "cowclone cannot pin database {}: max_replication_slots is 0",
+                u32::from(source)
+            ),
+        )
+        .hint("Set max_replication_slots to at least the number of databases with clones, and restart.")
+        .raise();
+    }
+    let pin = pg_sys::TransactionId::from(xmin);
+    // SAFETY: nothing else acquires cowclone slots during recovery; the slot,
+    // made ephemeral, is armed before it is persisted, so it is never on
+    // disk unarmed, and a persistent one is saved before it is released.
+    unsafe {
+        match existing {
+            Some(_) => compat::acquire_slot(&name),
+            None => compat::create_ephemeral_slot(&name),
+        }
+        set_acquired(pin, pin);
+        if existing.is_some() {
+            pg_sys::ReplicationSlotMarkDirty();
+            pg_sys::ReplicationSlotSave();
+        } else {
+            persist_acquired();
+        }
+        release_outside_proc_array();
+    }
+    pgrx::log!(
+        "cowclone: pin of database {} in force at xmin {xmin} in recovery",
+        u32::from(source)
+    );
+}
+
+/// Releases the acquired slot from a process outside the proc array (the
+/// startup process). `ReplicationSlotRelease` copies the process's status
+/// flags into the proc array's dense flags array at `MyProc->pgxactoff`;
+/// outside the array that index means nothing, and 0 is a live backend's
+/// entry. The array has an entry per PGPROC (`allProcCount`), but only
+/// backends and prepared transactions ever join the proc array, so its last
+/// entry, an auxiliary process's, is never read: the write goes there.
+///
+/// # Safety
+/// This process must have acquired a slot and not be in the proc array.
+unsafe fn release_outside_proc_array() {
+    // SAFETY: guaranteed by the caller; MyProc and ProcGlobal are set up at
+    // process start, and the field is restored before anything reads it.
+    unsafe {
+        let me = pg_sys::MyProc;
+        let saved = (*me).pgxactoff;
+        (*me).pgxactoff = (*pg_sys::ProcGlobal).allProcCount as i32 - 1;
+        pg_sys::ReplicationSlotRelease();
+        (*me).pgxactoff = saved;
+    }
+}
+
+/// The xmin of the slot this process has acquired (its pin).
+pub fn acquired_pin() -> u32 {
+    // SAFETY: called while this process holds a slot.
+    u32::from(unsafe { acquired_xmin() })
+}

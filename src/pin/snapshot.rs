@@ -58,9 +58,14 @@ pub enum PinTaken {
     Created,
 }
 
-/// Pins the source, conservatively if it had no pin yet, then takes T and
-/// pins T. The caller holds `record::lock_source(source)` until commit.
-pub fn pin_and_take(source: pg_sys::Oid) -> (HeldSnapshot, ClonePoint, PinTaken) {
+/// Pins the source, conservatively if it had no pin yet, tells `announce`
+/// the xmin of the pin in force (so standbys pin it before T exists: see
+/// `state::wal`), then takes T and pins T. The caller holds
+/// `record::lock_source(source)` until commit.
+pub fn pin_and_take(
+    source: pg_sys::Oid,
+    announce: impl FnOnce(u32),
+) -> (HeldSnapshot, ClonePoint, PinTaken) {
     if slot::has_acquired() {
         CowError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
@@ -68,13 +73,15 @@ pub fn pin_and_take(source: pg_sys::Oid) -> (HeldSnapshot, ClonePoint, PinTaken)
         )
         .raise();
     }
-    let taken = if slot::source_slot(source).is_some() {
-        PinTaken::Existing
-    } else {
-        // SAFETY: in a transaction, with no slot acquired (checked above).
-        unsafe { slot::create_pinned_conservatively(&slot::source_slot_name(source)) };
-        PinTaken::Created
+    let (taken, pin) = match slot::source_slot(source) {
+        Some(existing) => (PinTaken::Existing, existing.xmin),
+        None => {
+            // SAFETY: in a transaction, with no slot acquired (checked above).
+            unsafe { slot::create_pinned_conservatively(&slot::source_slot_name(source)) };
+            (PinTaken::Created, slot::acquired_pin())
+        }
     };
+    announce(pin);
     let held = HeldSnapshot::latest();
     let snapshot = held.0;
     // SAFETY: `held` is a registered MVCC snapshot; the slot, when this

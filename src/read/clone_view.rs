@@ -13,7 +13,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::pg::compat::{self, RelLocator};
 use crate::pg::error::CowError;
-use crate::state::record;
+use crate::state::{record, witness};
 
 pub struct CloneView {
     pub source: pg_sys::Oid,
@@ -38,10 +38,13 @@ pub fn current() -> Option<&'static CloneView> {
         // SAFETY: MyDatabaseId is set once the backend has connected, before
         // any relation can be opened.
         let database = unsafe { pg_sys::MyDatabaseId };
-        record::read_record(database).map(|record| CloneView {
-            source: pg_sys::Oid::from(record.source),
-            snapshot: leak_snapshot(&record.point),
-            shadowed: record.shadowed.iter().map(|s| s.relfilenode).collect(),
+        record::read_record(database).map(|record| {
+            refuse_if_inconsistent(database, &record);
+            CloneView {
+                source: pg_sys::Oid::from(record.source),
+                snapshot: leak_snapshot(&record.point),
+                shadowed: record.shadowed.iter().map(|s| s.relfilenode).collect(),
+            }
         })
     })
     .as_ref()
@@ -49,9 +52,9 @@ pub fn current() -> Option<&'static CloneView> {
 
 /// This backend's view if this database is a clone. A database without a
 /// record is not a clone (a `cow` relation there, restored from a clone's
-/// dump say, is a plain heap) unless its directory is marked as a clone's,
+/// dump say, is a plain heap) unless its directory holds a clone's witness,
 /// or a per-clone pin of 0.1.0 is still named after it: then it is a clone
-/// whose state file is gone, and its rows cannot be found.
+/// whose record is gone, and its rows cannot be found.
 pub fn for_relation(relation: &str) -> Option<&'static CloneView> {
     static LOST: OnceLock<bool> = OnceLock::new();
     if let Some(view) = current() {
@@ -60,7 +63,7 @@ pub fn for_relation(relation: &str) -> Option<&'static CloneView> {
     // SAFETY: MyDatabaseId is set once the backend has connected.
     let lost = *LOST.get_or_init(|| {
         let database = unsafe { pg_sys::MyDatabaseId };
-        record::marked_as_clone(database)
+        witness::exists(database)
             || crate::pin::slot::legacy_slots()
                 .iter()
                 .any(|(clone, _)| *clone == database)
@@ -71,6 +74,46 @@ pub fn for_relation(relation: &str) -> Option<&'static CloneView> {
     None
 }
 
+/// `for_relation` for a relation of one of cowclone's access methods (table
+/// or index): every callback of theirs asks here, so a clone whose record
+/// is lost refuses whatever touches its shadowed relations first.
+///
+/// # Safety
+/// `rel` must be a valid, open relation.
+pub unsafe fn for_cow_relation(rel: pg_sys::Relation) -> Option<&'static CloneView> {
+    if let Some(view) = current() {
+        return Some(view);
+    }
+    // SAFETY: guaranteed by the caller; relname is a NUL-padded NameData.
+    let name = unsafe { pgrx::name_data_to_str(&(*(*rel).rd_rel).relname) }.to_string();
+    for_relation(&name)
+}
+
+/// A record for another database, or one its witness contradicts, cannot
+/// say where this clone's rows are.
+fn refuse_if_inconsistent(database: pg_sys::Oid, record: &record::CloneRecord) {
+    let witnessed_source = witness::read(u32::from(database)).map(|w| w.source);
+    let consistent = record.clone == u32::from(database)
+        && witnessed_source.is_none_or(|source| source == record.source);
+    if !consistent {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!(
+                "the cowclone record of database {} is inconsistent",
+                u32::from(database)
+            ),
+        )
+        .detail(format!(
+            "The record names clone {} of database {}; the witness in the database's directory names source {}.",
+            record.clone,
+            record.source,
+            witnessed_source.map_or("none".to_string(), |s| s.to_string())
+        ))
+        .hint("Drop this database and clone it again.")
+        .raise();
+    }
+}
+
 /// The view, raising an error naming `relation` if this database has no
 /// clone record (its state file is gone): its rows cannot be found.
 pub fn required(relation: &str) -> &'static CloneView {
@@ -79,7 +122,7 @@ pub fn required(relation: &str) -> &'static CloneView {
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
             format!("relation \"{relation}\" is shadowed but this database has no clone record"),
         )
-        .detail("The clone's state file in $PGDATA/pg_cowclone is missing, so its source and clone point are unknown.")
+        .detail("Its directory holds a clone's witness (cowclone_clone), but its record (a security label of provider cowclone in pg_shseclabel) is missing, so its source and clone point are unknown.")
         .hint("Drop this database and clone it again.")
         .raise()
     })

@@ -1,30 +1,52 @@
 //! What cowclone remembers about each clone, and forgetting it when the
 //! clone is dropped.
 //!
-//! One state file per clone in `$PGDATA/pg_cowclone/<clone oid>.state`
-//! (magic, then a postcard-encoded `CloneRecord`), written durably before the
-//! cloning transaction commits, plus the clone's pin (slot
-//! `cowclone_<clone oid>`). Records whose database does not exist are
-//! ignored by the views; `DROP DATABASE` of a clone removes both.
+//! A clone's record (source, clone point, the storage it shadows) is a
+//! security label of its database in the shared catalog `pg_shseclabel`,
+//! under provider `cowclone`: written in the cloning transaction, it
+//! commits or aborts with the clone's `pg_database` row, PostgreSQL
+//! WAL-logs it (standbys, crash recovery and point-in-time restores see it
+//! exactly as of their point in WAL), base backups contain it, and
+//! `DROP DATABASE` deletes it. No process needs more than a catalog read to
+//! know every clone. No provider is registered for it, so `SECURITY LABEL
+//! FOR cowclone` by hand fails. What must be known where no catalog can be
+//! read lives in the clone's witness file (`state::witness`).
 //!
-//! Beside the records: the marker of a clone being built (`<oid>.building`,
-//! read by `lifecycle::reconcile` after a crash) and the lock that orders
-//! a source's clone creation with the source guard's commit check.
+//! Before 0.3.0 records were files, `$PGDATA/pg_cowclone/<clone oid>.state`
+//! (same encoding); they are still read, and the launcher moves them into
+//! the catalog (`lifecycle::workers`).
+//!
+//! Beside the records, in `pg_cowclone/` (never replicated: they concern
+//! only the server that wrote them): the marker of a clone being built
+//! (`<oid>.building`, read by `lifecycle::reconcile` after a crash), a
+//! holder's step-aside request, and the lock that orders a source's clone
+//! creation with the source guard's commit check.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
-use pgrx::{pg_sys, PgSqlErrorCode};
+use pgrx::{pg_sys, FromDatum, PgSqlErrorCode};
 use serde::{Deserialize, Serialize};
 
 use crate::pg::error::CowError;
 use crate::pin::slot;
 use crate::pin::snapshot::ClonePoint;
+use crate::state::witness::{self, Witness};
 
 const MAGIC: &[u8; 8] = b"COWCLON2";
 const STATE_DIR: &str = "pg_cowclone";
+/// The label provider the records are stored under.
+const PROVIDER: &CStr = c"cowclone";
+/// A record's label: this prefix, then the encoded record in hex.
+const LABEL_PREFIX: &str = "cowclone state 1 ";
+/// pg_shseclabel (not in pgrx's bindings) and its columns, 1-based.
+const SHARED_SECURITY_LABEL_RELATION_ID: pg_sys::Oid = pg_sys::Oid::from_u32(3592);
+const ANUM_OBJOID: usize = 1;
+const ANUM_CLASSOID: usize = 2;
+const ANUM_PROVIDER: usize = 3;
+const ANUM_LABEL: usize = 4;
 
 /// A relation of the source whose storage a clone reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +70,8 @@ pub struct CloneRecord {
 }
 
 impl CloneRecord {
+    /// The encoding of 0.2.0's record files (read by `decode`).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
         bytes.extend(postcard::to_allocvec(self).expect("a record always serializes"));
@@ -62,7 +86,44 @@ impl CloneRecord {
     }
 }
 
-fn data_dir() -> PathBuf {
+/// Hex of the encoded record, after the label prefix.
+fn to_label(record: &CloneRecord) -> String {
+    let body = postcard::to_allocvec(record).expect("a record always serializes");
+    let mut label = String::with_capacity(LABEL_PREFIX.len() + body.len() * 2);
+    label.push_str(LABEL_PREFIX);
+    for byte in body {
+        label.push_str(&format!("{byte:02x}"));
+    }
+    label
+}
+
+fn from_label(label: &str) -> Result<CloneRecord, String> {
+    let hex = label
+        .strip_prefix(LABEL_PREFIX)
+        .ok_or("not a cowclone record")?;
+    if hex.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    let body = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|e| e.to_string())?;
+    postcard::from_bytes(&body).map_err(|e| e.to_string())
+}
+
+/// A record that exists but cannot be decoded is never ignored: the clone's
+/// rows would be read from the wrong place.
+fn undecodable(clone: u32, why: &str) -> ! {
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+        format!("the cowclone record of database {clone} cannot be read: {why}"),
+    )
+    .hint("It was written by a newer cowclone, or damaged. Install the cowclone release that wrote it.")
+    .raise()
+}
+
+pub fn data_dir() -> PathBuf {
     // SAFETY: DataDir is set once at startup and never freed.
     let data_dir = unsafe { CStr::from_ptr(pg_sys::DataDir) }
         .to_string_lossy()
@@ -74,7 +135,8 @@ fn state_dir() -> PathBuf {
     data_dir().join(STATE_DIR)
 }
 
-pub fn state_path(clone: pg_sys::Oid) -> PathBuf {
+/// Where 0.2.0 and earlier kept a clone's record.
+pub fn legacy_state_path(clone: pg_sys::Oid) -> PathBuf {
     state_dir().join(format!("{}.state", u32::from(clone)))
 }
 
@@ -86,8 +148,9 @@ fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> ! {
     .raise()
 }
 
-/// Writes a file durably: temporary file, fsync, rename, fsync directory.
-pub fn write_file(path: &std::path::Path, contents: &[u8]) {
+/// Writes a file in `pg_cowclone/` durably: temporary file, fsync, rename,
+/// fsync directory.
+fn write_file(path: &std::path::Path, contents: &[u8]) {
     let dir = state_dir();
     fs::create_dir_all(&dir).unwrap_or_else(|e| io_error("create directory", &dir, e));
     let temporary = path.with_extension("tmp");
@@ -103,11 +166,53 @@ pub fn write_file(path: &std::path::Path, contents: &[u8]) {
         .unwrap_or_else(|e| io_error("fsync directory", &dir, e));
 }
 
-pub fn write_record(record: &CloneRecord) {
-    write_file(
-        &state_path(pg_sys::Oid::from(record.clone)),
-        &record.encode(),
+fn database_address(database: pg_sys::Oid) -> pg_sys::ObjectAddress {
+    pg_sys::ObjectAddress {
+        classId: pg_sys::DatabaseRelationId,
+        objectId: database,
+        objectSubId: 0,
+    }
+}
+
+/// Writes the witness of a clone being made at the pin in force before its
+/// clone point is taken (see `state::wal`); `save` moves it to T's xmin.
+pub fn announce(clone: pg_sys::Oid, source: pg_sys::Oid, pin_xmin: u32) {
+    let written = witness::record(&Witness {
+        clone: u32::from(clone),
+        source: u32::from(source),
+        pin_xmin,
+    });
+    if !written {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("the directory of database {} is missing", u32::from(clone)),
+        )
+        .raise();
+    }
+}
+
+/// Records a clone in the current transaction: its label, then its witness.
+pub fn save(record: &CloneRecord) {
+    let label = CString::new(to_label(record)).expect("hex has no NUL");
+    let address = database_address(pg_sys::Oid::from(record.clone));
+    // SAFETY: a catalog write in this transaction; the address names a
+    // database row this transaction created.
+    unsafe {
+        pg_sys::SetSecurityLabel(&address, PROVIDER.as_ptr(), label.as_ptr());
+        pg_sys::CommandCounterIncrement();
+    }
+    announce(
+        pg_sys::Oid::from(record.clone),
+        pg_sys::Oid::from(record.source),
+        record.point.xmin,
     );
+}
+
+/// Whether a database has a record in the catalog (not a 0.2.0 file).
+pub fn has_label(database: pg_sys::Oid) -> bool {
+    let address = database_address(database);
+    // SAFETY: a catalog read in a transaction; a palloc'd string or null.
+    !unsafe { pg_sys::GetSecurityLabel(&address, PROVIDER.as_ptr()) }.is_null()
 }
 
 /// Where `cow.clone` marks a clone as being built (see `lifecycle::reconcile`).
@@ -124,28 +229,6 @@ pub fn mark_building(clone: pg_sys::Oid) {
 
 pub fn unmark_building(clone: pg_sys::Oid) {
     let _ = fs::remove_file(marker_path(clone));
-}
-
-/// A file in the clone's own database directory saying it is a clone, so
-/// that a clone whose state file is lost is told apart from a database
-/// restored from a clone's dump (both have `cow` relations and no record).
-/// It goes with the directory when the database is dropped.
-fn clone_mark_path(database: pg_sys::Oid) -> PathBuf {
-    data_dir()
-        .join("base")
-        .join(u32::from(database).to_string())
-        .join("cowclone_clone")
-}
-
-pub fn mark_as_clone(clone: pg_sys::Oid, source: pg_sys::Oid) {
-    write_file(
-        &clone_mark_path(clone),
-        u32::from(source).to_string().as_bytes(),
-    );
-}
-
-pub fn marked_as_clone(database: pg_sys::Oid) -> bool {
-    clone_mark_path(database).exists()
 }
 
 /// Where a backend asks a source's pin holder to stay away
@@ -192,29 +275,115 @@ pub fn building_markers() -> Vec<(pg_sys::Oid, u32)> {
         .collect()
 }
 
-pub fn read_record(clone: pg_sys::Oid) -> Option<CloneRecord> {
-    let bytes = fs::read(state_path(clone)).ok()?;
-    CloneRecord::decode(&bytes).ok()
+fn read_legacy(clone: pg_sys::Oid) -> Option<CloneRecord> {
+    let bytes = fs::read(legacy_state_path(clone)).ok()?;
+    Some(CloneRecord::decode(&bytes).unwrap_or_else(|e| undecodable(clone.into(), &e)))
 }
 
-/// Every record on disk, whether or not its clone still exists.
-pub fn all_records() -> Vec<CloneRecord> {
+/// The record of a database, or None if it is not a clone (or its record
+/// is lost: `state::witness` tells). In a transaction.
+pub fn read_record(clone: pg_sys::Oid) -> Option<CloneRecord> {
+    let address = database_address(clone);
+    // SAFETY: a catalog read in a transaction; a palloc'd string or null.
+    let label = unsafe { pg_sys::GetSecurityLabel(&address, PROVIDER.as_ptr()) };
+    if label.is_null() {
+        return read_legacy(clone);
+    }
+    // SAFETY: a NUL-terminated string from the catalog.
+    let label = unsafe { CStr::from_ptr(label) }.to_string_lossy();
+    Some(from_label(&label).unwrap_or_else(|e| undecodable(clone.into(), &e)))
+}
+
+/// Every clone record in the catalog: (database, label).
+fn labels() -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    // SAFETY: a heap scan of a shared catalog with a catalog snapshot, in a
+    // transaction; each tuple is deformed with the catalog's own descriptor
+    // and its text columns copied out before the next one is fetched.
+    unsafe {
+        let rel = pg_sys::table_open(
+            SHARED_SECURITY_LABEL_RELATION_ID,
+            pg_sys::AccessShareLock as i32,
+        );
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::InvalidOid,
+            false,
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+        );
+        let natts = (*(*rel).rd_att).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0); natts];
+        let mut nulls = vec![false; natts];
+        loop {
+            let tuple = pg_sys::systable_getnext(scan);
+            if tuple.is_null() {
+                break;
+            }
+            pg_sys::heap_deform_tuple(
+                tuple,
+                (*rel).rd_att,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+            );
+            let text = |i: usize| {
+                CStr::from_ptr(pg_sys::text_to_cstring(values[i - 1].cast_mut_ptr()))
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            if nulls[ANUM_PROVIDER - 1] || nulls[ANUM_LABEL - 1] {
+                continue;
+            }
+            let class = pg_sys::Oid::from_datum(values[ANUM_CLASSOID - 1], false);
+            if class != Some(pg_sys::DatabaseRelationId) || text(ANUM_PROVIDER) != "cowclone" {
+                continue;
+            }
+            let database = pg_sys::Oid::from_datum(values[ANUM_OBJOID - 1], false)
+                .map(u32::from)
+                .unwrap_or(0);
+            found.push((database, text(ANUM_LABEL)));
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    }
+    found
+}
+
+/// Records 0.2.0 left in files and not yet moved into the catalog.
+pub fn legacy_records() -> Vec<CloneRecord> {
     let Ok(entries) = fs::read_dir(state_dir()) else {
         return Vec::new();
     };
-    let mut records: Vec<CloneRecord> = entries
+    entries
         .filter_map(|entry| {
             let path = entry.ok()?.path();
             (path.extension()? == "state").then_some(())?;
-            CloneRecord::decode(&fs::read(path).ok()?).ok()
+            let clone = path.file_stem()?.to_str()?.parse::<u32>().ok()?;
+            read_legacy(pg_sys::Oid::from(clone))
         })
+        .collect()
+}
+
+/// Every clone's record (a record's database always exists: the catalog
+/// deletes it with the database). In a transaction.
+pub fn all_records() -> Vec<CloneRecord> {
+    let mut records: Vec<CloneRecord> = labels()
+        .into_iter()
+        .map(|(database, label)| from_label(&label).unwrap_or_else(|e| undecodable(database, &e)))
         .collect();
+    for legacy in legacy_records() {
+        if !records.iter().any(|r| r.clone == legacy.clone) {
+            records.push(legacy);
+        }
+    }
     records.sort_by_key(|r| r.clone);
     records
 }
 
-pub fn remove_record(clone: pg_sys::Oid) {
-    let path = state_path(clone);
+/// Removes a record file 0.2.0 left (once its clone is gone or migrated).
+pub fn remove_legacy_file(clone: pg_sys::Oid) {
+    let path = legacy_state_path(clone);
     if let Err(e) = fs::remove_file(&path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             pgrx::warning!("cowclone: could not remove \"{}\": {e}", path.display());
@@ -222,16 +391,14 @@ pub fn remove_record(clone: pg_sys::Oid) {
     }
 }
 
-/// Forgets a clone: its record (and a per-clone slot an older version
-/// made). Called after its database is gone. The source's holder is woken
-/// to move its pin up to the oldest remaining clone, or to let go of it.
-pub fn forget_clone(clone: pg_sys::Oid) {
-    let Some(record) = read_record(clone) else {
-        return;
-    };
+/// Forgets a dropped clone of `source`: its label went with its database;
+/// what an older version left (a per-clone slot, a record file) goes now.
+/// The source's holder is woken to move its pin up to the oldest remaining
+/// clone, or to let go of it.
+pub fn forget_clone(clone: pg_sys::Oid, source: pg_sys::Oid) {
+    crate::state::wal::log_forget(source);
     slot::drop_slot(&slot::legacy_slot_name(clone));
-    remove_record(clone);
-    let source = pg_sys::Oid::from(record.source);
+    remove_legacy_file(clone);
     slot::wake_holder(source);
     pgrx::log!(
         "cowclone: clone {} of database {} dropped",
@@ -308,6 +475,9 @@ mod tests {
             }],
         };
         assert_eq!(CloneRecord::decode(&record.encode()).unwrap(), record);
+        assert_eq!(from_label(&to_label(&record)).unwrap(), record);
+        assert!(from_label("cowclone state 1 0g").is_err());
+        assert!(from_label("cowclone state 2 00").is_err());
         assert!(CloneRecord::decode(b"something else").is_err());
         assert!(CloneRecord::decode(&record.encode()[..12]).is_err());
     }

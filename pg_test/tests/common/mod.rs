@@ -21,6 +21,27 @@ pub fn cloned_source(setup: &str) -> Cluster {
     cluster
 }
 
+/// The tables (plain, partitioned, materialized views) of the rich schema.
+pub fn app_tables(cluster: &Cluster, db: &str) -> Vec<String> {
+    rows(
+        cluster,
+        db,
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'app' AND c.relkind IN ('r', 'm', 'p') ORDER BY 1",
+    )
+}
+
+/// Runs statements one by one (VACUUM cannot run in psql -c's single transaction).
+pub fn run_each(cluster: &Cluster, db: &str, statements: &str) {
+    for statement in statements
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        cluster.psql(db, statement).unwrap();
+    }
+}
+
 pub fn rows(cluster: &Cluster, db: &str, sql: &str) -> Vec<String> {
     cluster
         .psql(db, sql)
@@ -72,6 +93,8 @@ pub struct Footprint {
     pub databases: Vec<String>,
     pub slots: Vec<String>,
     pub state_files: BTreeSet<String>,
+    /// Clone records (security labels of provider cowclone).
+    pub records: Vec<String>,
     pub database_dirs: BTreeSet<String>,
 }
 
@@ -97,6 +120,11 @@ pub fn footprint(cluster: &Cluster) -> Footprint {
             "SELECT slot_name FROM pg_replication_slots ORDER BY 1",
         ),
         state_files: list_dir(&cluster.data_dir().join("pg_cowclone")),
+        records: rows(
+            cluster,
+            "postgres",
+            "SELECT objoid FROM pg_shseclabel WHERE provider = 'cowclone' ORDER BY 1",
+        ),
         database_dirs: list_dir(&cluster.data_dir().join("base")),
     }
 }

@@ -422,3 +422,21 @@ pub unsafe fn log_database_drop(database: pg_sys::Oid, tablespace: pg_sys::Oid) 
         );
     }
 }
+
+/// Registers `data` as the main data of the WAL record being built (18 takes
+/// a const pointer and a length of type u32, 16 and 17 a mutable pointer and
+/// u32, 15 an int).
+///
+/// # Safety
+/// Between XLogBeginInsert and XLogInsert; `data` must live until XLogInsert.
+pub unsafe fn xlog_register_data(data: &[u8]) {
+    // SAFETY: guaranteed by the caller; PostgreSQL only reads the bytes.
+    unsafe {
+        #[cfg(before_pg16)]
+        pg_sys::XLogRegisterData(data.as_ptr() as *mut std::ffi::c_char, data.len() as i32);
+        #[cfg(all(not(before_pg16), before_pg18))]
+        pg_sys::XLogRegisterData(data.as_ptr() as *mut std::ffi::c_char, data.len() as u32);
+        #[cfg(not(before_pg18))]
+        pg_sys::XLogRegisterData(data.as_ptr().cast(), data.len() as u32);
+    }
+}

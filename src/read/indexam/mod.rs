@@ -120,7 +120,7 @@ pub unsafe fn is_shadowed_index(index: pg_sys::Relation) -> bool {
 /// `index` must be a valid relation.
 unsafe fn is_shadowed(index: pg_sys::Relation) -> bool {
     // SAFETY: guaranteed by the caller.
-    clone_view::current()
+    unsafe { clone_view::for_cow_relation(index) }
         .and_then(|view| view.source_locator(unsafe { compat::relfilenode_of(index) }))
         .is_some()
 }
@@ -311,7 +311,7 @@ unsafe extern "C-unwind" fn amcostestimate(
         let info = (*path).indexinfo;
         let index = pg_sys::RelationIdGetRelation((*info).indexoid);
         let routine = wrapped_routine(index);
-        let source = clone_view::current()
+        let source = clone_view::for_cow_relation(index)
             .and_then(|view| view.source_locator(compat::relfilenode_of(index)));
         if let Some(locator) = source {
             (*info).pages = clone_view::source_block_count(locator);

@@ -23,7 +23,7 @@ impl SourceIndex {
         // SAFETY: guaranteed by the caller; the fields replaced below are
         // the ones that describe the storage and its caches.
         unsafe {
-            let view = clone_view::current()?;
+            let view = clone_view::for_cow_relation(index)?;
             let locator = view.source_locator(compat::relfilenode_of(index))?;
             let home = clone_view::smgr_home(locator);
             let copy = RelationCopy::new(index, c"cowclone source index", home);

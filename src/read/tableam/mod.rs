@@ -150,7 +150,7 @@ unsafe extern "C-unwind" fn relation_size(
         if !whole || claim::local_sizing() {
             return local;
         }
-        let source = clone_view::current()
+        let source = clone_view::for_cow_relation(rel)
             .and_then(|view| view.source_locator(compat::relfilenode_of(rel)))
             .map(clone_view::source_block_count)
             .unwrap_or(0);
@@ -166,7 +166,7 @@ unsafe extern "C-unwind" fn relation_size(
 /// `rel` must be a valid relation.
 pub unsafe fn is_shadowed(rel: pg_sys::Relation) -> bool {
     // SAFETY: guaranteed by the caller.
-    clone_view::current()
+    unsafe { clone_view::for_cow_relation(rel) }
         .and_then(|view| view.source_locator(unsafe { compat::relfilenode_of(rel) }))
         .is_some()
 }

@@ -1,0 +1,162 @@
+//! The witness: a one-page file in the clone's own database directory,
+//! `base/<clone>/cowclone_clone`, saying "this database is a clone of that
+//! source, and its pin is at that xmin".
+//!
+//! The record (`state::record`) is the truth about a clone; the witness is
+//! the part that must be known where no catalog can be read, and that must
+//! survive the record's loss:
+//! - The startup process puts the pins in force at the end of recovery
+//!   (`state::wal`), before any backend could prune, from the witnesses.
+//! - A database with a witness and no record is a clone whose state is
+//!   lost: reading its shadowed relations fails (XX001) instead of answering
+//!   from their local part.
+//!
+//! It lives and dies with the database directory, which PostgreSQL creates
+//! and removes through WAL itself: an aborted or dropped clone takes its
+//! witness with it, on the primary and on every standby. cowclone WAL-logs
+//! its creation (`state::wal`), so standbys and crash recovery rebuild it.
+
+use std::path::PathBuf;
+
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use crate::pg::error::CowError;
+use crate::pg::page_file;
+use crate::state::record::data_dir;
+
+const FILE_NAME: &str = "cowclone_clone";
+const MAGIC: &[u8; 8] = b"COWWIT01";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Witness {
+    pub clone: u32,
+    pub source: u32,
+    /// The clone point's xmin: what the source's pin must not pass.
+    pub pin_xmin: u32,
+}
+
+impl Witness {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        for value in [self.clone, self.source, self.pin_xmin] {
+            bytes.extend(value.to_le_bytes());
+        }
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let body = bytes.strip_prefix(MAGIC.as_slice())?;
+        let word = |i: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(
+                body.get(i * 4..i * 4 + 4)?.try_into().ok()?,
+            ))
+        };
+        Some(Self {
+            clone: word(0)?,
+            source: word(1)?,
+            pin_xmin: word(2)?,
+        })
+    }
+}
+
+fn database_dir(database: u32) -> PathBuf {
+    data_dir().join("base").join(database.to_string())
+}
+
+pub fn path(database: u32) -> PathBuf {
+    database_dir(database).join(FILE_NAME)
+}
+
+/// Writes the witness file; false if the database's directory is gone
+/// (replay of a clone dropped later on).
+pub fn write_file(witness: &Witness) -> std::io::Result<bool> {
+    if !database_dir(witness.clone).is_dir() {
+        return Ok(false);
+    }
+    page_file::write(&path(witness.clone), &witness.encode())?;
+    Ok(true)
+}
+
+/// Records a clone's witness on the primary: WAL first, then the file (in a
+/// clone being made, both before its transaction commits). False, and
+/// nothing written, if the database's directory is gone.
+pub fn record(witness: &Witness) -> bool {
+    if !database_dir(witness.clone).is_dir() {
+        return false;
+    }
+    crate::state::wal::log_witness(witness);
+    write_file(witness).unwrap_or_else(|e| {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!("could not write \"{}\": {e}", path(witness.clone).display()),
+        )
+        .raise()
+    })
+}
+
+/// Whether a database's directory holds a witness (of any format: 0.2.0
+/// wrote the source's OID as text).
+pub fn exists(database: pg_sys::Oid) -> bool {
+    path(u32::from(database)).exists()
+}
+
+/// The witness of a database, if it has one this version can read. 0.2.0
+/// wrote only the source's OID, as text: its pin xmin reads as 0 (unknown).
+pub fn read(database: u32) -> Option<Witness> {
+    if let Some(witness) = page_file::read(&path(database)).and_then(|b| Witness::decode(&b)) {
+        return Some(witness);
+    }
+    let source = std::fs::read_to_string(path(database))
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()?;
+    Some(Witness {
+        clone: database,
+        source,
+        pin_xmin: 0,
+    })
+}
+
+/// The databases whose witness names `source`, sorted. Files only, so a pin
+/// holder, which must not run a transaction while it holds, can follow its
+/// clones: a dropped clone's witness goes with its directory.
+pub fn clones_of(source: pg_sys::Oid) -> Vec<u32> {
+    all()
+        .into_iter()
+        .filter_map(|(database, w)| (w?.source == u32::from(source)).then_some(database))
+        .collect()
+}
+
+/// Every database directory with a witness: (database, its witness if
+/// readable). Reads only files, so the startup process can call it.
+pub fn all() -> Vec<(u32, Option<Witness>)> {
+    let Ok(entries) = std::fs::read_dir(data_dir().join("base")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u32, Option<Witness>)> = entries
+        .filter_map(|entry| {
+            let database = entry.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
+            path(database).exists().then(|| (database, read(database)))
+        })
+        .collect();
+    found.sort_by_key(|(database, _)| *database);
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn witnesses_round_trip_and_reject_other_bytes() {
+        let witness = Witness {
+            clone: 16500,
+            source: 16384,
+            pin_xmin: 740,
+        };
+        assert_eq!(Witness::decode(&witness.encode()), Some(witness));
+        assert_eq!(Witness::decode(b"16384"), None);
+        assert_eq!(Witness::decode(&witness.encode()[..15]), None);
+    }
+}
