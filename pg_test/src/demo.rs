@@ -158,6 +158,16 @@ pub fn run(pg: &PgInstall) -> Result<()> {
     ));
     drop(branch);
 
+    let mut standby = cluster.base_backup(ClusterConfig::for_tests()?, true)?;
+    standby.start()?;
+    cluster.wait_for_replay(&standby)?;
+    step(&format!(
+        "A streaming standby of the cluster (pg_basebackup -R) answers in staging exactly as the primary:\n   standby: {}\n   its cow.clones: {}",
+        one(&standby, "staging", written)?,
+        one(&standby, "prod", "SELECT string_agg(clone || ' of ' || source || ', pin_state ' || pin_state, '; ') FROM cow.clones")?
+    ));
+    drop(standby);
+
     let guarded = match cloner.simple_query("TRUNCATE pgbench_accounts") {
         Ok(_) => "it was not refused".to_string(),
         Err(e) => Error::from(e).to_string(),

@@ -65,6 +65,18 @@ pub fn start(
         .map_err(|_| ())
 }
 
+/// The source's clones the pin must cover: their records, less those whose
+/// database directory is gone. `DROP DATABASE` removes the directory before
+/// its transaction commits and cannot be rolled back after that, so a
+/// clone being dropped stops counting at once, as it did when records were
+/// files; a clone whose witness alone is missing still counts.
+fn live_clones_of(source: pg_sys::Oid) -> Vec<CloneRecord> {
+    record::clones_of(source)
+        .into_iter()
+        .filter(|c| witness::database_dir_exists(c.clone))
+        .collect()
+}
+
 fn clone_oids(clones: &[CloneRecord]) -> Vec<u32> {
     clones.iter().map(|c| c.clone).collect()
 }
@@ -137,7 +149,7 @@ fn take_over(source: pg_sys::Oid) -> Option<Holding> {
     }
     let taken = BackgroundWorker::transaction(move || {
         record::lock_source(source);
-        let clones = record::clones_of(source);
+        let clones = live_clones_of(source);
         let name = slot::source_slot_name(source);
         let state = slot::source_slot(source);
         let Some(xmin) = oldest_xmin(&clones) else {
@@ -260,7 +272,7 @@ impl Holding {
         let source = self.source;
         let next = BackgroundWorker::transaction(move || {
             record::lock_source(source);
-            let clones = record::clones_of(source);
+            let clones = live_clones_of(source);
             match oldest_xmin(&clones) {
                 Some(xmin) => Some((xmin, clone_oids(&clones))),
                 None => {

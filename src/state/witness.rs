@@ -63,6 +63,11 @@ fn database_dir(database: u32) -> PathBuf {
     data_dir().join("base").join(database.to_string())
 }
 
+/// Whether a database's directory exists (in `base/`, where clones live).
+pub fn database_dir_exists(database: u32) -> bool {
+    database_dir(database).is_dir()
+}
+
 pub fn path(database: u32) -> PathBuf {
     database_dir(database).join(FILE_NAME)
 }
