@@ -4,8 +4,8 @@
 -- of provider cowclone on the clone's database, in pg_shseclabel) instead
 -- of a file in $PGDATA/pg_cowclone, WAL-logs the clone's witness file
 -- through its resource manager (ID 150), and puts every pin in force at
--- the end of recovery. The launcher moves 0.2.0's record files into the
--- catalog when the new library starts. The SQL side only documents the
+-- the end of recovery. Each source's pin holder moves 0.2.0's record files
+-- into the catalog when the new library starts. The SQL side only documents the
 -- pin state a standby shows.
 
 \echo Use "ALTER EXTENSION cowclone UPDATE TO '0.3.0'" to load this file. \quit

@@ -529,3 +529,122 @@ fn a_clone_whose_record_is_lost_refuses_to_be_read() {
         assert!(message.contains("no clone record"), "{message}");
     }
 }
+
+#[test]
+fn a_failover_during_a_clone_leaves_no_trace_of_it() {
+    let mut primary = start_test_cluster(|_| {}).unwrap();
+    with_prod(&primary, SMALL_TABLE);
+    let standby = standby_of(&primary, |_| {});
+    // A clone pauses just before its commit; the standby has replayed
+    // everything up to there (its witness, the pin it asks for).
+    let config = primary.client_config("prod");
+    let cloning = std::thread::spawn(move || {
+        let mut client = config.connect(postgres::NoTls).unwrap();
+        client
+            .batch_execute("SET cow.debug_failpoint = 'pause:before_commit'")
+            .unwrap();
+        let _ = client.batch_execute("SELECT cow.clone('prod', 'staging')");
+    });
+    wait_until("the clone to pause", Duration::from_secs(60), || {
+        primary
+            .log()
+            .contains("paused at failpoint \"before_commit\"")
+    });
+    primary.wait_for_replay(&standby).unwrap();
+    let witnesses = |cluster: &Cluster| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cluster.data_dir().join("base"))
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.ok()?.path().join("cowclone_clone");
+                path.exists().then_some(path)
+            })
+            .collect()
+    };
+    assert_eq!(
+        witnesses(&standby).len(),
+        1,
+        "the standby replayed the witness"
+    );
+    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cowclone%'";
+    assert_eq!(rows(&standby, "postgres", slots), ["1"]);
+
+    primary.crash().unwrap();
+    let _ = cloning.join();
+    standby.promote().unwrap();
+    wait_until(
+        "the promoted server to remove what the clone left",
+        Duration::from_secs(30),
+        || witnesses(&standby).is_empty() && rows(&standby, "postgres", slots) == ["0"],
+    );
+    assert!(standby.log().contains("whose making never committed"));
+    assert_eq!(
+        rows(
+            &standby,
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'staging'"
+        ),
+        ["0"]
+    );
+    assert_eq!(
+        rows(&standby, "prod", "SELECT count(*) FROM cow.clones"),
+        ["0"]
+    );
+    // And the name is free again.
+    standby
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    assert_eq!(
+        contents(&standby, "staging", "t", ""),
+        contents(&standby, "prod", "t", "")
+    );
+}
+
+/// A source with hundreds of relations has a record too long to stay in
+/// its catalog row: PostgreSQL stores it out of line, which only a process
+/// connected to a database can read. The launcher, connected to none, must
+/// still start the holder and keep the pin, across a restart too.
+#[test]
+fn a_record_stored_out_of_line_is_pinned_and_read_like_any() {
+    let mut cluster = start_test_cluster(|_| {}).unwrap();
+    with_prod(&cluster, "");
+    cluster
+        .psql_file("prod", &{
+            let path = cluster.dir.join("tables.sql");
+            let mut sql = String::new();
+            for g in 1..=300 {
+                sql.push_str(&format!(
+                    "CREATE TABLE a_table_with_a_long_name_{g} (i int PRIMARY KEY, v text); \
+                     INSERT INTO a_table_with_a_long_name_{g} VALUES ({g}, 'row {g}');\n"
+                ));
+            }
+            std::fs::write(&path, sql).unwrap();
+            path
+        })
+        .unwrap();
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    let length = rows(
+        &cluster,
+        "postgres",
+        "SELECT octet_length(label) FROM pg_shseclabel WHERE provider = 'cowclone'",
+    );
+    assert!(length[0].parse::<i64>().unwrap() > 20_000, "{length:?}");
+    holder_of(&cluster, "prod");
+    cluster.stop().unwrap();
+    cluster.start().unwrap();
+    holder_of(&cluster, "prod");
+    assert!(
+        !cluster.log().contains("without having selected a database"),
+        "{}",
+        cluster.log()
+    );
+    assert_eq!(
+        rows(
+            &cluster,
+            "staging",
+            "SELECT v FROM a_table_with_a_long_name_250"
+        ),
+        ["row 250"]
+    );
+}

@@ -139,7 +139,9 @@ fn a_data_directory_of_0_2_0_has_its_records_moved_into_the_catalog() {
     let label_query =
         format!("SELECT label FROM pg_shseclabel WHERE provider = 'cowclone' AND objoid = {clone}");
     let label = rows(&cluster, "postgres", &label_query).remove(0);
-    let hex = label.strip_prefix("cowclone state 1 ").unwrap();
+    let hex = label
+        .strip_prefix(&format!("cowclone state 1 source {source} "))
+        .unwrap();
     let mut legacy = b"COWCLON2".to_vec();
     legacy.extend(
         (0..hex.len())
@@ -204,6 +206,18 @@ fn pg_upgrade_is_refused_while_a_clone_exists() {
     let new_pg = next.unwrap_or_else(|| old.pg.clone());
     println!("pg_upgrade from {} to {}", old.pg.major, new_pg.major);
     let new = Cluster::temporary_stopped(&new_pg, ClusterConfig::for_tests().unwrap()).unwrap();
+    if new_pg.major >= 18 && old.pg.major < 18 {
+        // initdb enables data checksums by default from 18 on; pg_upgrade
+        // needs both clusters alike.
+        let mut disable = as_server_user(new_pg.tool("pg_checksums"));
+        disable.arg("--disable").arg("-D").arg(new.data_dir());
+        let out = disable.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     for check in [true, false] {
         let mut upgrade = as_server_user(new_pg.tool("pg_upgrade"));
         upgrade

@@ -22,6 +22,7 @@ use crate::pin::slot;
 use crate::pin::snapshot::{self, PinTaken};
 use crate::read::indexam;
 use crate::state::record::{self, CloneRecord, ShadowedStorage};
+use crate::state::wal;
 
 const NAMEDATALEN: usize = 64;
 /// pg_db_role_setting (not in pgrx's bindings).
@@ -264,9 +265,12 @@ fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
 struct Pending {
     clone: pg_sys::Oid,
     source: pg_sys::Oid,
-    /// This clone made its source's slot and persisted it: PostgreSQL no
-    /// longer drops it on error, and no other clone relies on it yet.
+    /// This clone made its source's slot (standbys were told through its
+    /// first witness, and must hear that it goes if the clone fails).
     made_source_slot: bool,
+    /// ... and persisted it: PostgreSQL no longer drops it on error, and no
+    /// other clone relies on it yet.
+    persisted_source_slot: bool,
 }
 
 static mut PENDING_CLONE: Option<Pending> = None;
@@ -283,11 +287,13 @@ fn set_pending(pending: Option<Pending>) {
     }
 }
 
-/// At commit the clone is complete; at abort its files are removed (with an
-/// `XLOG_DBASE_DROP` record, so a standby removes them too), its state file
-/// deleted and its source's slot dropped if this clone made and persisted it
-/// (an ephemeral one PostgreSQL drops itself). Both run before the lock on
-/// the source is released, so no other clone or holder can have used it.
+/// At commit the clone is complete; at abort its files are removed with its
+/// witness (and an `XLOG_DBASE_DROP` record, so a standby removes them too;
+/// its record aborts with the transaction), and its source's slot is
+/// dropped if this clone made and persisted it (an ephemeral one PostgreSQL
+/// drops itself); standbys are told the slot they made from its first
+/// witness goes too. All of it runs before the lock on the source is
+/// released, so no other clone or holder can have used the slot.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_transaction_end(
     event: pg_sys::XactEvent::Type,
@@ -305,8 +311,11 @@ unsafe extern "C-unwind" fn on_transaction_end(
         pg_sys::XactEvent::XACT_EVENT_ABORT => {
             set_pending(None);
             remove_clone_files(pending.clone);
-            if pending.made_source_slot {
+            if pending.persisted_source_slot {
                 slot::drop_slot(&slot::source_slot_name(pending.source));
+            }
+            if pending.made_source_slot {
+                wal::log_pin(pending.source, None);
             }
             record::unmark_building(pending.clone);
         }
@@ -411,13 +420,16 @@ fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
         }
         let tuple = pg_sys::heap_copytuple(cached);
         pg_sys::ReleaseSysCache(cached);
-        // InplaceUpdateTupleLock is ExclusiveLock.
-        pg_sys::LockTuple(rel, &mut (*tuple).t_self, pg_sys::ExclusiveLock as i32);
+        // InplaceUpdateTupleLock is ExclusiveLock; the update moves the
+        // copy's t_self to the new version, so the old TID is kept to unlock.
+        let mut old_tid = (*tuple).t_self;
+        pg_sys::LockTuple(rel, &mut old_tid, pg_sys::ExclusiveLock as i32);
         let form = &mut *pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
         form.datfrozenxid = info.frozen_xid;
         form.datminmxid = info.min_multi;
         compat::set_login_event_triggers(form, info.has_login_event_triggers);
-        pg_sys::CatalogTupleUpdate(rel, &mut (*tuple).t_self, tuple);
+        pg_sys::CatalogTupleUpdate(rel, &mut old_tid, tuple);
+        pg_sys::UnlockTuple(rel, &mut old_tid, pg_sys::ExclusiveLock as i32);
         pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
         pg_sys::CommandCounterIncrement();
     }
@@ -607,6 +619,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         clone,
         source: source_oid,
         made_source_slot: false,
+        persisted_source_slot: false,
     }));
     record::mark_building(clone);
     inherit_frozen_horizons(clone, &info);
@@ -616,6 +629,16 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     let (clone_point, point, pin) = snapshot::pin_and_take(source_oid, |pin_xmin| {
         record::announce(clone, source_oid, pin_xmin)
     });
+    if pin == PinTaken::Created {
+        set_pending(Some(Pending {
+            clone,
+            source: source_oid,
+            made_source_slot: true,
+            persisted_source_slot: false,
+        }));
+        // The slot moved from its conservative xmin to T's.
+        wal::log_pin(source_oid, Some(point.xmin));
+    }
     failpoint::reached("after_pin");
     let (relations, switch) = shadowing_plan(&source, clone_point.0, source_name);
     let copies = catalog_copy::copy_catalog(&source, &relations, clone_point.0, &switch);
@@ -658,6 +681,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
             clone,
             source: source_oid,
             made_source_slot: true,
+            persisted_source_slot: true,
         }));
     }
     failpoint::reached("before_commit");

@@ -37,10 +37,13 @@ pub fn refuse_binary_upgrade_with_clones() {
     if !unsafe { pg_sys::IsBinaryUpgrade } {
         return;
     }
-    let clones: Vec<String> = crate::state::witness::all()
-        .iter()
-        .map(|(database, _)| database.to_string())
-        .collect();
+    let clones: Vec<String> = match crate::state::witness::all() {
+        Ok(found) => found
+            .iter()
+            .map(|(database, _)| database.to_string())
+            .collect(),
+        Err(e) => vec![format!("(unknown: base/ could not be listed: {e})")],
+    };
     if clones.is_empty() {
         return;
     }
@@ -216,9 +219,14 @@ pub extern "C-unwind" fn forget_dropped_clone(database: pg_sys::Oid) {
     }
 }
 
+/// A database with a record, or with a witness (its record lost), is a clone.
+fn is_clone(database: pg_sys::Oid) -> bool {
+    record::source_of(database).is_some() || crate::state::witness::exists(database)
+}
+
 /// A clone's directory holds its witness, which must stay in `base/`.
 fn refuse_moving_a_clone(database: pg_sys::Oid) {
-    if database == pg_sys::InvalidOid || record::read_record(database).is_none() {
+    if database == pg_sys::InvalidOid || !is_clone(database) {
         return;
     }
     let name = database_name(database.into()).unwrap_or_default();
@@ -244,7 +252,7 @@ pub unsafe extern "C-unwind" fn check_utility(pstmt: *mut pg_sys::PlannedStmt) -
                 let stmt = node as *mut pg_sys::CreatedbStmt;
                 if let Some(template) = option_value((*stmt).options, "template") {
                     let oid = pg_sys::get_database_oid(template.as_ptr(), true);
-                    if oid != pg_sys::InvalidOid && record::read_record(oid).is_some() {
+                    if oid != pg_sys::InvalidOid && is_clone(oid) {
                         let name = template.to_string_lossy();
                         CowError::new(
                             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -273,9 +281,9 @@ pub unsafe extern "C-unwind" fn check_utility(pstmt: *mut pg_sys::PlannedStmt) -
                 refuse_if_source(oid, "drop");
                 holder::step_aside(oid);
                 DROPPING_CLONE = (oid != pg_sys::InvalidOid)
-                    .then(|| record::read_record(oid))
+                    .then(|| record::source_of(oid))
                     .flatten()
-                    .map(|r| (oid, pg_sys::Oid::from(r.source)));
+                    .map(|source| (oid, source));
                 Some(oid)
             }
             pg_sys::NodeTag::T_AlterDatabaseStmt => {

@@ -34,7 +34,7 @@ use pgrx::prelude::*;
 use crate::pg::compat;
 use crate::pin::{advertised, slot};
 use crate::state::record::{self, CloneRecord};
-use crate::state::witness;
+use crate::state::{wal, witness};
 
 /// How often an idle holder looks at its source's clones.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -123,7 +123,7 @@ fn migrate_legacy_records(source: pg_sys::Oid) -> Vec<pg_sys::Oid> {
             continue;
         }
         if !record::has_label(clone) {
-            record::save(&legacy);
+            record::save_existing(&legacy);
         }
         moved.push(clone);
     }
@@ -152,9 +152,11 @@ fn take_over(source: pg_sys::Oid) -> Option<Holding> {
         let clones = live_clones_of(source);
         let name = slot::source_slot_name(source);
         let state = slot::source_slot(source);
+        record::restore_lost_witnesses(&clones);
         let Some(xmin) = oldest_xmin(&clones) else {
             if matches!(state, Some(s) if s.active_pid == 0 && s.persistent) {
                 slot::drop_slot(&name);
+                wal::log_pin(source, None);
                 pgrx::log!(
                     "cowclone: released the pin of database {}: no clones left",
                     u32::from(source)
@@ -187,6 +189,7 @@ fn take_over(source: pg_sys::Oid) -> Option<Holding> {
         // SAFETY: registered once the slot is acquired, so it runs before
         // PostgreSQL's own exit callback releases the slot.
         unsafe { pg_sys::before_shmem_exit(Some(rearm_at_exit), pg_sys::Datum::from(0)) };
+        wal::log_pin(source, Some(u32::from(xmin)));
         // SAFETY: the acquired slot is armed; moving it to the oldest clone
         // point is what every clone of this source needs (older per-clone
         // pins of 0.1.0 cover it until they are dropped just below).
@@ -261,7 +264,10 @@ impl Holding {
         // DROP DATABASE removes the witness before its transaction commits:
         // a recount then may still see the clone, and counts again at the
         // next check until it is gone.
-        let present = witness::clones_of(self.source);
+        // Witnesses that cannot be read: nothing is concluded, the pin stays.
+        let Some(present) = witness::clones_of(self.source) else {
+            return true;
+        };
         if self.clones.iter().all(|c| present.contains(c)) {
             if lost {
                 self.hold();
@@ -273,10 +279,15 @@ impl Holding {
         let next = BackgroundWorker::transaction(move || {
             record::lock_source(source);
             let clones = live_clones_of(source);
+            record::restore_lost_witnesses(&clones);
             match oldest_xmin(&clones) {
-                Some(xmin) => Some((xmin, clone_oids(&clones))),
+                Some(xmin) => {
+                    wal::log_pin(source, Some(u32::from(xmin)));
+                    Some((xmin, clone_oids(&clones)))
+                }
                 None => {
                     slot::drop_acquired();
+                    wal::log_pin(source, None);
                     None
                 }
             }
@@ -304,10 +315,11 @@ impl Holding {
 /// step aside: it re-arms the slot (the pin holds every database meanwhile)
 /// and ends, and no new holder starts until this transaction ends.
 pub fn step_aside(source: pg_sys::Oid) {
-    let Some(state) = slot::source_slot(source) else {
-        return;
-    };
-    if state.active_pid == 0 {
+    // Asked even when no holder has the slot acquired: one may be starting,
+    // connected but not holding yet. It sees the request before it holds,
+    // or at its next check once it does (woken below, or within a second),
+    // and PostgreSQL's commands wait up to 5 s for other sessions to leave.
+    if slot::source_slot(source).is_none() {
         return;
     }
     record::ask_aside(source);

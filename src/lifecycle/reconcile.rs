@@ -17,7 +17,7 @@ use pgrx::pg_sys;
 
 use crate::create::clone;
 use crate::pin::slot;
-use crate::state::record;
+use crate::state::{record, witness};
 
 fn database_exists(oid: pg_sys::Oid) -> bool {
     // SAFETY: a syscache probe of the shared catalog pg_database, in a transaction.
@@ -35,6 +35,45 @@ fn database_exists(oid: pg_sys::Oid) -> bool {
 fn transaction_running(xid: u32) -> bool {
     // SAFETY: reads the proc array.
     unsafe { pg_sys::TransactionIdIsInProgress(pg_sys::TransactionId::from(xid)) }
+}
+
+/// Directories with a witness but no database, whose making transaction is
+/// over: what a clone in the making leaves when the server it was made on
+/// fails over to a standby, or is restored (from a base backup, or to a
+/// point in time) while it was being made. Building markers are not in WAL,
+/// so the witness, which is, names the transaction. Returns how many.
+fn remove_witnessed_orphans() -> usize {
+    let Ok(witnesses) = witness::all() else {
+        return 0;
+    };
+    let mut removed = 0;
+    for (database, found) in witnesses {
+        let Some(w) = found else { continue };
+        let oid = pg_sys::Oid::from(database);
+        if database_exists(oid) || (w.creating_xid != 0 && transaction_running(w.creating_xid)) {
+            continue;
+        }
+        // SAFETY: a lock on a shared object, released at transaction end; it
+        // waits out a DROP DATABASE still removing the directory.
+        unsafe {
+            pg_sys::LockSharedObject(
+                pg_sys::DatabaseRelationId,
+                oid,
+                0,
+                pg_sys::AccessExclusiveLock as i32,
+            );
+        }
+        if database_exists(oid) || !witness::exists(oid) {
+            continue;
+        }
+        clone::remove_clone_files(oid);
+        pgrx::log!(
+            "cowclone: removed the directory of clone {database} of database {}, whose making never committed",
+            w.source
+        );
+        removed += 1;
+    }
+    removed
 }
 
 /// Removes every clone a crash interrupted; returns how many.
@@ -69,6 +108,7 @@ pub fn remove_interrupted_clones() -> usize {
         }
         record::unmark_building(clone);
     }
+    removed += remove_witnessed_orphans();
     for stored in record::legacy_records() {
         let clone = pg_sys::Oid::from(stored.clone);
         if !database_exists(clone) && !record::marker_path(clone).exists() {

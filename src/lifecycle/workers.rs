@@ -21,7 +21,7 @@ use pgrx::PgSqlErrorCode;
 use crate::lifecycle::{holder, reconcile};
 use crate::pg::error::CowError;
 use crate::pin::slot;
-use crate::state::{record, witness};
+use crate::state::{record, wal, witness};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -68,14 +68,7 @@ struct Launcher {
 
 impl Launcher {
     fn tick(&mut self) {
-        let mut sources: BTreeMap<u32, String> = BTreeMap::new();
-        for r in BackgroundWorker::transaction(|| {
-            let records = record::all_records();
-            restore_lost_witnesses(&records);
-            records
-        }) {
-            sources.entry(r.source).or_insert(r.source_name);
-        }
+        let (sources, uncertain) = BackgroundWorker::transaction(sources_with_clones);
         let slots = slot::source_slots();
         for (&source, name) in &sources {
             let oid = pg_sys::Oid::from(source);
@@ -116,62 +109,52 @@ impl Launcher {
             })
             .map(|(s, _)| *s)
             .collect();
-        if !unneeded.is_empty() {
+        if !unneeded.is_empty() && !uncertain {
             BackgroundWorker::transaction(move || release_unneeded(&unneeded));
         }
     }
 }
 
+/// Every source with clones, by name, and whether some clone's source
+/// could not be known (its record stored out of line, which a process
+/// without a database connection cannot read, and no readable witness):
+/// then no slot may be released. Writes lost witnesses of the records it
+/// can read. In a transaction.
+fn sources_with_clones() -> (BTreeMap<u32, String>, bool) {
+    let mut sources = BTreeMap::new();
+    let mut uncertain = false;
+    let clones = record::clones_without_database();
+    let readable: Vec<record::CloneRecord> = clones.iter().filter_map(|(_, r)| r.clone()).collect();
+    record::restore_lost_witnesses(&readable);
+    for (clone, found) in clones {
+        let source = match &found {
+            Some(r) => Some((r.source, r.source_name.clone())),
+            None => witness::read(clone).map(|w| (w.source, w.source.to_string())),
+        };
+        match source {
+            Some((source, name)) => {
+                sources.entry(source).or_insert(name);
+            }
+            None => uncertain = true,
+        }
+    }
+    (sources, uncertain)
+}
+
 /// Drops source slots no clone needs, rechecked under each source's lock
-/// (a first clone being made holds it, with the slot acquired).
+/// (a first clone being made holds it, with the slot acquired), and tells
+/// standbys.
 fn release_unneeded(sources: &[pg_sys::Oid]) {
     for &source in sources {
         record::lock_source(source);
         let idle = slot::source_slot(source).is_some_and(|s| s.persistent && s.active_pid == 0);
-        if idle && record::clones_of(source).is_empty() {
+        let (needed, uncertain) = sources_with_clones();
+        if idle && !uncertain && !needed.contains_key(&u32::from(source)) {
             slot::drop_slot(&slot::source_slot_name(source));
+            wal::log_pin(source, None);
             pgrx::log!(
                 "cowclone: released the pin of database {}: no clones left",
                 u32::from(source)
-            );
-        }
-    }
-}
-
-/// A clone whose record stands but whose witness file is gone (removed by
-/// hand, say) would get no pin at the end of the next recovery: write it
-/// again (WAL-logged), in the launcher's transaction.
-fn restore_lost_witnesses(records: &[record::CloneRecord]) {
-    for r in records {
-        if witness::read(r.clone).is_some_and(|w| w.pin_xmin != 0) {
-            continue;
-        }
-        let clone = pg_sys::Oid::from(r.clone);
-        // SAFETY: a lock on a shared object, released at transaction end:
-        // it waits out a DROP DATABASE of the clone (AccessExclusiveLock),
-        // after which the syscache lookup sees the row gone.
-        unsafe {
-            pg_sys::LockSharedObject(
-                pg_sys::DatabaseRelationId,
-                clone,
-                0,
-                pg_sys::AccessShareLock as i32,
-            );
-        }
-        // SAFETY: a syscache lookup of pg_database, in a transaction.
-        if unsafe { pg_sys::get_database_name(clone) }.is_null() {
-            continue;
-        }
-        let was_missing = !witness::exists(clone);
-        let written = witness::record(&witness::Witness {
-            clone: r.clone,
-            source: r.source,
-            pin_xmin: r.point.xmin,
-        });
-        if written && was_missing {
-            pgrx::warning!(
-                "cowclone: the witness file of clone {} was missing; it was written again",
-                r.clone
             );
         }
     }

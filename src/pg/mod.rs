@@ -5,6 +5,7 @@
 //! May use: nothing above it (pin, state, write, read, create, lifecycle).
 
 pub mod compat;
+pub mod datum;
 pub mod error;
 pub mod failpoint;
 pub mod hooks;

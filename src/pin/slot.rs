@@ -335,6 +335,7 @@ pub fn wake_holder(source: pg_sys::Oid) {
 /// in base backups. No cowclone process acquires slots during recovery.
 /// `only_lower`: the pin may only move down (or the slot be made), never up.
 pub fn set_pin_in_recovery(source: pg_sys::Oid, xmin: Option<u32>, only_lower: bool) {
+    refuse_without_slots(source);
     let name = source_slot_name(source);
     let existing = source_slot(source);
     let xmin = match (xmin, existing) {
@@ -361,22 +362,11 @@ pub fn set_pin_in_recovery(source: pg_sys::Oid, xmin: Option<u32>, only_lower: b
     if existing.is_some_and(|s| s.armed && s.xmin == xmin) {
         return;
     }
-    // SAFETY: a start-up setting.
-    if unsafe { pg_sys::max_replication_slots } <= 0 {
-        crate::pg::error::CowError::new(
-            pgrx::PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            format!(
-                "cowclone cannot pin database {}: max_replication_slots is 0",
-                u32::from(source)
-            ),
-        )
-        .hint("Set max_replication_slots to at least the number of databases with clones, and restart.")
-        .raise();
-    }
     let pin = pg_sys::TransactionId::from(xmin);
-    // SAFETY: nothing else acquires cowclone slots during recovery; the slot,
-    // made ephemeral, is armed before it is persisted, so it is never on
-    // disk unarmed, and a persistent one is saved before it is released.
+    // SAFETY: nothing else acquires cowclone slots during recovery; the slot
+    // is made ephemeral (which PostgreSQL discards at a restart), armed,
+    // then persisted, so it is never a persistent slot without its pin; an
+    // existing one is saved before it is released.
     unsafe {
         match existing {
             Some(_) => compat::acquire_slot(&name),
@@ -397,23 +387,63 @@ pub fn set_pin_in_recovery(source: pg_sys::Oid, xmin: Option<u32>, only_lower: b
     );
 }
 
-/// Releases the acquired slot from a process outside the proc array (the
-/// startup process). `ReplicationSlotRelease` copies the process's status
-/// flags into the proc array's dense flags array at `MyProc->pgxactoff`;
-/// outside the array that index means nothing, and 0 is a live backend's
-/// entry. The array has an entry per PGPROC (`allProcCount`), but only
-/// backends and prepared transactions ever join the proc array, so its last
-/// entry, an auxiliary process's, is never read: the write goes there.
+/// A server that must pin a source but cannot hold a slot stops, saying
+/// why, rather than go on with the source unpinned (and before PostgreSQL's
+/// slot array, absent with `max_replication_slots = 0`, is looked at). A
+/// slot made below `wal_level = replica` would stop the next start anyway.
+fn refuse_without_slots(source: pg_sys::Oid) {
+    // SAFETY: start-up settings.
+    let (slots, wal_level) = unsafe { (pg_sys::max_replication_slots, pg_sys::wal_level) };
+    let replica = pg_sys::WalLevel::WAL_LEVEL_REPLICA as i32;
+    if slots > 0 && wal_level >= replica {
+        return;
+    }
+    crate::pg::error::CowError::new(
+        pgrx::PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+        format!(
+            "cowclone cannot pin database {}, which has clones: max_replication_slots is {slots} and wal_level is {}",
+            u32::from(source),
+            if wal_level >= replica { "replica or higher" } else { "minimal" }
+        ),
+    )
+    .hint("Set max_replication_slots to at least the number of databases with clones and wal_level to replica or logical, and start the server again.")
+    .raise();
+}
+
+/// Releases the acquired slot from the startup process, which is not in the
+/// proc array. `ReplicationSlotRelease` copies the releasing process's
+/// status flags into the proc array's dense flags array at
+/// `MyProc->pgxactoff`; for a process outside the array that index means
+/// nothing, and its value 0 is a live backend's entry. The flags array has
+/// an entry per PGPROC (`allProcCount` for backends and auxiliary
+/// processes, plus one per prepared transaction), while the proc array's
+/// dense part never grows past backends plus prepared transactions: the
+/// flags array's last entry is never read, and the write goes there.
 ///
 /// # Safety
-/// This process must have acquired a slot and not be in the proc array.
+/// This process must have acquired a slot and be the startup process.
 unsafe fn release_outside_proc_array() {
     // SAFETY: guaranteed by the caller; MyProc and ProcGlobal are set up at
     // process start, and the field is restored before anything reads it.
     unsafe {
+        let backend_type = pg_sys::MyBackendType;
+        assert!(
+            backend_type == pg_sys::BackendType::B_STARTUP,
+            "only the startup process releases slots this way"
+        );
         let me = pg_sys::MyProc;
         let saved = (*me).pgxactoff;
-        (*me).pgxactoff = (*pg_sys::ProcGlobal).allProcCount as i32 - 1;
+        let prepared = std::ffi::CStr::from_ptr(pg_sys::GetConfigOption(
+            c"max_prepared_transactions".as_ptr(),
+            false,
+            false,
+        ))
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .expect("max_prepared_transactions is an integer setting");
+        let entries = (*pg_sys::ProcGlobal).allProcCount as i32 + prepared;
+        (*me).pgxactoff = entries - 1;
         pg_sys::ReplicationSlotRelease();
         (*me).pgxactoff = saved;
     }

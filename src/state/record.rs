@@ -13,8 +13,13 @@
 //! read lives in the clone's witness file (`state::witness`).
 //!
 //! Before 0.3.0 records were files, `$PGDATA/pg_cowclone/<clone oid>.state`
-//! (same encoding); they are still read, and the launcher moves them into
-//! the catalog (`lifecycle::workers`).
+//! (same encoding); they are still read, and the source's pin holder moves
+//! them into the catalog (`lifecycle::holder`).
+//!
+//! The label names the source in clear (`cowclone state 1 source <oid>
+//! <hex>`): one source's records are found without decoding the others, so
+//! one damaged record stops only what concerns its own source, and its
+//! clone can still be dropped.
 //!
 //! Beside the records, in `pg_cowclone/` (never replicated: they concern
 //! only the server that wrote them): the marker of a clone being built
@@ -39,7 +44,9 @@ const MAGIC: &[u8; 8] = b"COWCLON2";
 const STATE_DIR: &str = "pg_cowclone";
 /// The label provider the records are stored under.
 const PROVIDER: &CStr = c"cowclone";
-/// A record's label: this prefix, then the encoded record in hex.
+/// A record's label: this prefix, `source <oid> `, then the encoded record
+/// in hex. The source in clear lets one source's records be found without
+/// decoding every other.
 const LABEL_PREFIX: &str = "cowclone state 1 ";
 /// pg_shseclabel (not in pgrx's bindings) and its columns, 1-based.
 const SHARED_SECURITY_LABEL_RELATION_ID: pg_sys::Oid = pg_sys::Oid::from_u32(3592);
@@ -86,21 +93,25 @@ impl CloneRecord {
     }
 }
 
-/// Hex of the encoded record, after the label prefix.
+/// The label of a record: prefix, source, hex of the encoded record.
 fn to_label(record: &CloneRecord) -> String {
     let body = postcard::to_allocvec(record).expect("a record always serializes");
-    let mut label = String::with_capacity(LABEL_PREFIX.len() + body.len() * 2);
-    label.push_str(LABEL_PREFIX);
+    let mut label = format!("{LABEL_PREFIX}source {} ", record.source);
     for byte in body {
         label.push_str(&format!("{byte:02x}"));
     }
     label
 }
 
+/// The source a label names, without decoding the record.
+fn label_source(label: &str) -> Option<u32> {
+    let rest = label.strip_prefix(LABEL_PREFIX)?.strip_prefix("source ")?;
+    rest.split(' ').next()?.parse().ok()
+}
+
 fn from_label(label: &str) -> Result<CloneRecord, String> {
-    let hex = label
-        .strip_prefix(LABEL_PREFIX)
-        .ok_or("not a cowclone record")?;
+    let source = label_source(label).ok_or("not a cowclone record")?;
+    let hex = label.rsplit(' ').next().ok_or("not a cowclone record")?;
     if hex.len() % 2 != 0 {
         return Err("odd number of hex digits".into());
     }
@@ -109,7 +120,11 @@ fn from_label(label: &str) -> Result<CloneRecord, String> {
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
         .collect::<Result<Vec<u8>, _>>()
         .map_err(|e| e.to_string())?;
-    postcard::from_bytes(&body).map_err(|e| e.to_string())
+    let record: CloneRecord = postcard::from_bytes(&body).map_err(|e| e.to_string())?;
+    if record.source != source {
+        return Err("the label's source and its record disagree".into());
+    }
+    Ok(record)
 }
 
 /// A record that exists but cannot be decoded is never ignored: the clone's
@@ -174,38 +189,102 @@ fn database_address(database: pg_sys::Oid) -> pg_sys::ObjectAddress {
     }
 }
 
-/// Writes the witness of a clone being made at the pin in force before its
-/// clone point is taken (see `state::wal`); `save` moves it to T's xmin.
+/// Writes the witness of a clone being made, at the pin in force before
+/// its clone point is taken (see `state::wal`); `save` moves it to T's xmin.
 pub fn announce(clone: pg_sys::Oid, source: pg_sys::Oid, pin_xmin: u32) {
-    let written = witness::record(&Witness {
+    // SAFETY: the cloning transaction has an xid (createdb inserted a row).
+    let creating_xid = u32::from(unsafe { pg_sys::GetTopTransactionId() });
+    write_witness(&Witness {
         clone: u32::from(clone),
         source: u32::from(source),
         pin_xmin,
+        creating_xid,
     });
-    if !written {
+}
+
+fn write_witness(witness: &Witness) {
+    if !witness::record(witness) {
         CowError::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("the directory of database {} is missing", u32::from(clone)),
+            format!("the directory of database {} is missing", witness.clone),
         )
         .raise();
     }
 }
 
-/// Records a clone in the current transaction: its label, then its witness.
-pub fn save(record: &CloneRecord) {
+fn set_label(record: &CloneRecord) {
     let label = CString::new(to_label(record)).expect("hex has no NUL");
     let address = database_address(pg_sys::Oid::from(record.clone));
     // SAFETY: a catalog write in this transaction; the address names a
-    // database row this transaction created.
+    // database row that exists (this transaction made it, or it committed).
     unsafe {
         pg_sys::SetSecurityLabel(&address, PROVIDER.as_ptr(), label.as_ptr());
         pg_sys::CommandCounterIncrement();
     }
+}
+
+/// Records the clone this transaction makes: its label, then its witness
+/// at T's xmin.
+pub fn save(record: &CloneRecord) {
+    set_label(record);
     announce(
         pg_sys::Oid::from(record.clone),
         pg_sys::Oid::from(record.source),
         record.point.xmin,
     );
+}
+
+/// Records an existing clone (a record file of 0.2.0 moved into the
+/// catalog), with a witness whose creating transaction is known committed.
+pub fn save_existing(record: &CloneRecord) {
+    set_label(record);
+    write_existing_witness(record);
+}
+
+/// Writes the witness of an existing clone again (one that was lost, or of
+/// an older format). False if the database's directory is gone.
+pub fn write_existing_witness(record: &CloneRecord) -> bool {
+    witness::record(&Witness {
+        clone: record.clone,
+        source: record.source,
+        pin_xmin: record.point.xmin,
+        creating_xid: 0,
+    })
+}
+
+/// Writes again the witness of each clone in `records` whose witness is
+/// gone (removed by hand, say) or of an older format: without it the next
+/// recovery would not pin its source from it. WAL-logged, with a WARNING
+/// when it was missing. In a transaction.
+pub fn restore_lost_witnesses(records: &[CloneRecord]) {
+    for r in records {
+        if witness::read(r.clone).is_some_and(|w| w.pin_xmin != 0) {
+            continue;
+        }
+        let clone = pg_sys::Oid::from(r.clone);
+        // SAFETY: a lock on a shared object, released at transaction end:
+        // it waits out a DROP DATABASE of the clone (AccessExclusiveLock),
+        // after which the syscache lookup sees the row gone.
+        unsafe {
+            pg_sys::LockSharedObject(
+                pg_sys::DatabaseRelationId,
+                clone,
+                0,
+                pg_sys::AccessShareLock as i32,
+            );
+        }
+        // SAFETY: a syscache lookup of pg_database, in a transaction.
+        if unsafe { pg_sys::get_database_name(clone) }.is_null() {
+            continue;
+        }
+        let was_missing = !witness::exists(clone);
+        if write_existing_witness(r) && was_missing {
+            pgrx::warning!(
+                "cowclone: the witness file of clone {} was missing; it was written again",
+                r.clone
+            );
+        }
+    }
 }
 
 /// Whether a database has a record in the catalog (not a 0.2.0 file).
@@ -275,6 +354,13 @@ pub fn building_markers() -> Vec<(pg_sys::Oid, u32)> {
         .collect()
 }
 
+/// T's xmin in a record file of 0.2.0, if one is there and reads; files
+/// only, for the startup process.
+pub fn legacy_pin_xmin(clone: u32) -> Option<u32> {
+    let bytes = fs::read(legacy_state_path(pg_sys::Oid::from(clone))).ok()?;
+    CloneRecord::decode(&bytes).ok().map(|r| r.point.xmin)
+}
+
 fn read_legacy(clone: pg_sys::Oid) -> Option<CloneRecord> {
     let bytes = fs::read(legacy_state_path(clone)).ok()?;
     Some(CloneRecord::decode(&bytes).unwrap_or_else(|e| undecodable(clone.into(), &e)))
@@ -294,8 +380,11 @@ pub fn read_record(clone: pg_sys::Oid) -> Option<CloneRecord> {
     Some(from_label(&label).unwrap_or_else(|e| undecodable(clone.into(), &e)))
 }
 
-/// Every clone record in the catalog: (database, label).
-fn labels() -> Vec<(u32, String)> {
+/// Every clone record in the catalog: (database, label, or None when the
+/// label is stored out of line and `detoast` is false). Detoasting opens
+/// the TOAST relation, which needs a database connection: the launcher,
+/// connected to none, reads only labels stored inline.
+fn labels(detoast: bool) -> Vec<(u32, Option<String>)> {
     let mut found = Vec::new();
     // SAFETY: a heap scan of a shared catalog with a catalog snapshot, in a
     // transaction; each tuple is deformed with the catalog's own descriptor
@@ -342,7 +431,8 @@ fn labels() -> Vec<(u32, String)> {
             let database = pg_sys::Oid::from_datum(values[ANUM_OBJOID - 1], false)
                 .map(u32::from)
                 .unwrap_or(0);
-            found.push((database, text(ANUM_LABEL)));
+            let external = crate::pg::datum::is_stored_out_of_line(values[ANUM_LABEL - 1]);
+            found.push((database, (detoast || !external).then(|| text(ANUM_LABEL))));
         }
         pg_sys::systable_endscan(scan);
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
@@ -366,19 +456,42 @@ pub fn legacy_records() -> Vec<CloneRecord> {
 }
 
 /// Every clone's record (a record's database always exists: the catalog
-/// deletes it with the database). In a transaction.
+/// deletes it with the database). In a transaction of a process connected
+/// to a database.
 pub fn all_records() -> Vec<CloneRecord> {
-    let mut records: Vec<CloneRecord> = labels()
+    let mut records: Vec<CloneRecord> = labels(true)
         .into_iter()
+        .filter_map(|(database, label)| Some((database, label?)))
         .map(|(database, label)| from_label(&label).unwrap_or_else(|e| undecodable(database, &e)))
         .collect();
+    add_legacy(&mut records);
+    records
+}
+
+fn add_legacy(records: &mut Vec<CloneRecord>) {
     for legacy in legacy_records() {
         if !records.iter().any(|r| r.clone == legacy.clone) {
             records.push(legacy);
         }
     }
     records.sort_by_key(|r| r.clone);
-    records
+}
+
+/// What a process without a database connection (the launcher) can know of
+/// the clones: each clone's database, and its record when the label is
+/// stored inline and decodes (None otherwise). In a transaction.
+pub fn clones_without_database() -> Vec<(u32, Option<CloneRecord>)> {
+    let mut found: Vec<(u32, Option<CloneRecord>)> = labels(false)
+        .into_iter()
+        .map(|(database, label)| (database, label.and_then(|l| from_label(&l).ok())))
+        .collect();
+    for legacy in legacy_records() {
+        if !found.iter().any(|(database, _)| *database == legacy.clone) {
+            found.push((legacy.clone, Some(legacy)));
+        }
+    }
+    found.sort_by_key(|(database, _)| *database);
+    found
 }
 
 /// Removes a record file 0.2.0 left (once its clone is gone or migrated).
@@ -396,7 +509,6 @@ pub fn remove_legacy_file(clone: pg_sys::Oid) {
 /// The source's holder is woken to move its pin up to the oldest remaining
 /// clone, or to let go of it.
 pub fn forget_clone(clone: pg_sys::Oid, source: pg_sys::Oid) {
-    crate::state::wal::log_forget(source);
     slot::drop_slot(&slot::legacy_slot_name(clone));
     remove_legacy_file(clone);
     slot::wake_holder(source);
@@ -407,12 +519,34 @@ pub fn forget_clone(clone: pg_sys::Oid, source: pg_sys::Oid) {
     );
 }
 
-/// The records of one source's clones.
+/// The records of one source's clones: a record of another source that
+/// cannot be decoded does not stand in the way. In a transaction of a
+/// process connected to a database.
 pub fn clones_of(source: pg_sys::Oid) -> Vec<CloneRecord> {
-    all_records()
+    let mut records: Vec<CloneRecord> = labels(true)
         .into_iter()
-        .filter(|r| r.source == u32::from(source))
-        .collect()
+        .filter_map(|(database, label)| Some((database, label?)))
+        .filter(|(_, label)| label_source(label).is_none_or(|s| s == u32::from(source)))
+        .map(|(database, label)| from_label(&label).unwrap_or_else(|e| undecodable(database, &e)))
+        .collect();
+    add_legacy(&mut records);
+    records.retain(|r| r.source == u32::from(source));
+    records
+}
+
+/// The source a database's record names, without decoding it (None if it
+/// has no record or names none): enough to drop a clone whose record cannot
+/// be decoded.
+pub fn source_of(database: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    let address = database_address(database);
+    // SAFETY: a catalog read in a transaction; a palloc'd string or null.
+    let label = unsafe { pg_sys::GetSecurityLabel(&address, PROVIDER.as_ptr()) };
+    if label.is_null() {
+        return read_legacy(database).map(|r| pg_sys::Oid::from(r.source));
+    }
+    // SAFETY: a NUL-terminated string from the catalog.
+    let label = unsafe { CStr::from_ptr(label) }.to_string_lossy();
+    label_source(&label).map(pg_sys::Oid::from)
 }
 
 /// The clone whose clone point is oldest (circular xid order): the one that
@@ -476,8 +610,11 @@ mod tests {
         };
         assert_eq!(CloneRecord::decode(&record.encode()).unwrap(), record);
         assert_eq!(from_label(&to_label(&record)).unwrap(), record);
-        assert!(from_label("cowclone state 1 0g").is_err());
-        assert!(from_label("cowclone state 2 00").is_err());
+        assert_eq!(label_source(&to_label(&record)), Some(16384));
+        assert!(from_label("cowclone state 1 source 16384 0g").is_err());
+        assert!(from_label("cowclone state 2 source 16384 00").is_err());
+        let other_source = to_label(&record).replace("source 16384", "source 99");
+        assert!(from_label(&other_source).is_err());
         assert!(CloneRecord::decode(b"something else").is_err());
         assert!(CloneRecord::decode(&record.encode()[..12]).is_err());
     }

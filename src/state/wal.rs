@@ -5,14 +5,20 @@
 //! PostgreSQL WAL-logs itself. Two things cannot wait for a catalog:
 //! - the witness file (`state::witness`), which redo writes again;
 //! - the pins, which slots carry and which are neither replicated nor in
-//!   base backups. During recovery the startup process keeps each source's
-//!   slot at the oldest pin among the witnesses it has replayed
-//!   (`pin::slot::set_pin_in_recovery`):
-//!   - at every witness record and every drop record of a clone;
+//!   base backups. So the primary WAL-logs every change of a source's pin
+//!   (`PIN`: its holder recording a new xmin, the slot dropped), and the
+//!   startup process applies them to the same slot during recovery
+//!   (`pin::slot::set_pin_in_recovery`). Besides, only ever moving a pin
+//!   down or making one, it pins each source at its witnesses' oldest pin:
+//!   - at every witness record;
 //!   - when replay starts (`rm_startup`), for witnesses a base backup
 //!     brought without their records;
 //!   - when recovery ends (`rm_cleanup`), before the server leaves recovery
 //!     and so before any backend may prune or vacuum.
+//!
+//! Witnesses never move a pin up: a clone without a witness (one lost, or
+//! of 0.1.0) is known only to the catalog, which the primary's holder reads
+//! before it logs a higher pin.
 //!
 //! Slot xmins count in a standby's horizons. That is what keeps a
 //! hot-standby session that survives a promotion from pruning with a
@@ -36,14 +42,16 @@ use pgrx::pg_sys;
 
 use crate::pg::compat;
 use crate::pg::failpoint;
+use crate::pin::slot;
+use crate::state::record;
 use crate::state::witness::{self, Witness};
 
 pub const RMGR_ID: u8 = 150;
 const RMGR_NAME: &CStr = c"cowclone";
 /// Info bits of the record types: a clone's witness (written, or moved to
-/// its clone point), and a clone of a source dropped.
+/// its clone point), and a source's pin set by the primary.
 const XLOG_COWCLONE_WITNESS: u8 = 0x10;
-const XLOG_COWCLONE_FORGET: u8 = 0x20;
+const XLOG_COWCLONE_PIN: u8 = 0x20;
 
 static mut RMGR: pg_sys::RmgrData = pg_sys::RmgrData {
     rm_name: RMGR_NAME.as_ptr(),
@@ -64,29 +72,35 @@ pub fn register() {
     unsafe { pg_sys::RegisterCustomRmgr(RMGR_ID, &raw mut RMGR) };
 }
 
-/// WAL-logs a clone's witness. Not flushed: the cloning transaction's commit
-/// record comes later and flushes it.
+/// WAL-logs a clone's witness, flushed: the file is written next, and no
+/// crash may keep the file without its record.
 pub fn log_witness(witness: &Witness) {
-    let bytes = witness.encode();
+    insert(XLOG_COWCLONE_WITNESS, &witness.encode());
+}
+
+/// WAL-logs a source's pin as the primary now records it (None: the slot
+/// is dropped), so standbys and crash recovery set the same.
+pub fn log_pin(source: pg_sys::Oid, xmin: Option<u32>) {
+    let mut bytes = u32::from(source).to_le_bytes().to_vec();
+    bytes.extend(xmin.unwrap_or(0).to_le_bytes());
+    insert(XLOG_COWCLONE_PIN, &bytes);
+}
+
+fn insert(info: u8, bytes: &[u8]) {
     // SAFETY: the standard three-step insertion, with the data borrowed
-    // until XLogInsert returns.
+    // until XLogInsert returns; then the WAL up to the record is flushed.
     unsafe {
         pg_sys::XLogBeginInsert();
-        compat::xlog_register_data(&bytes);
-        pg_sys::XLogInsert(RMGR_ID, XLOG_COWCLONE_WITNESS);
+        compat::xlog_register_data(bytes);
+        let lsn = pg_sys::XLogInsert(RMGR_ID, info);
+        pg_sys::XLogFlush(lsn);
     }
 }
 
-/// WAL-logs that a clone of `source` was dropped (its witness went with its
-/// directory), so a standby moves that source's pin up.
-pub fn log_forget(source: pg_sys::Oid) {
-    let bytes = u32::from(source).to_le_bytes();
-    // SAFETY: as in `log_witness`.
-    unsafe {
-        pg_sys::XLogBeginInsert();
-        compat::xlog_register_data(&bytes);
-        pg_sys::XLogInsert(RMGR_ID, XLOG_COWCLONE_FORGET);
-    }
+fn decode_pin(data: &[u8]) -> Option<(u32, Option<u32>)> {
+    let source = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?);
+    let xmin = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?);
+    (data.len() == 8).then_some((source, (xmin != 0).then_some(xmin)))
 }
 
 /// The main data of the record being replayed and its info bits.
@@ -110,7 +124,7 @@ unsafe fn record_data<'a>(record: *mut pg_sys::XLogReaderState) -> (u8, &'a [u8]
 unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
     // SAFETY: PostgreSQL passes the record being replayed.
     let (info, data) = unsafe { record_data(record) };
-    let source = match info {
+    match info {
         XLOG_COWCLONE_WITNESS => {
             let Some(witness) = Witness::decode(data) else {
                 pgrx::error!("cowclone redo: malformed witness record");
@@ -129,77 +143,66 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
                     witness::path(witness.clone).display()
                 ),
             }
-            witness.source
+            if witness.pin_xmin != 0 {
+                slot::set_pin_in_recovery(
+                    pg_sys::Oid::from(witness.source),
+                    Some(witness.pin_xmin),
+                    true,
+                );
+            }
         }
-        XLOG_COWCLONE_FORGET => match <[u8; 4]>::try_from(data) {
-            Ok(bytes) => u32::from_le_bytes(bytes),
-            Err(_) => pgrx::error!("cowclone redo: malformed drop record"),
-        },
+        XLOG_COWCLONE_PIN => {
+            let Some((source, xmin)) = decode_pin(data) else {
+                pgrx::error!("cowclone redo: malformed pin record");
+            };
+            slot::set_pin_in_recovery(pg_sys::Oid::from(source), xmin, false);
+        }
         _ => pgrx::error!("cowclone redo: unknown record type {info:#x}"),
-    };
-    repin(source);
+    }
 }
 
-/// The oldest pin among the witnesses of each source; None for a source
-/// with a witness of unknown pin (0.2.0 wrote none), which is left alone.
-/// And whether some witness could not be read at all: then no pin may move
-/// up or go, since that witness may be any source's.
-fn pins_by_source() -> (Vec<(u32, Option<u32>)>, bool) {
-    let mut pins: Vec<(u32, Option<u32>)> = Vec::new();
-    let mut unreadable = false;
-    for (database, found) in witness::all() {
+/// The oldest pin the witnesses ask of each source. A witness of 0.2.0 has
+/// no pin xmin: its clone's record file (0.2.0 kept it in `pg_cowclone`,
+/// and base backups contain it) gives T's, else the cluster's oldest
+/// unfrozen xid, which no clone point can precede.
+fn pins_by_source() -> Vec<(u32, u32)> {
+    let witnesses = witness::all().unwrap_or_else(|e| {
+        pgrx::error!(
+            "cowclone: could not list the database directories to pin clones' sources: {e}"
+        )
+    });
+    let mut pins: Vec<(u32, u32)> = Vec::new();
+    for (database, found) in witnesses {
         let Some(w) = found else {
             pgrx::warning!(
-                "cowclone: the witness of database {database} is not readable; no pin moves up until it is"
+                "cowclone: the witness of database {database} is not readable; its source cannot be pinned from it"
             );
-            unreadable = true;
             continue;
         };
-        let known = (w.pin_xmin != 0).then_some(w.pin_xmin);
+        let xmin = match w.pin_xmin {
+            0 => record::legacy_pin_xmin(database)
+                .unwrap_or_else(|| u32::from(compat::oldest_unfrozen_xid())),
+            known => known,
+        };
         match pins.iter_mut().find(|(source, _)| *source == w.source) {
             Some((_, pin)) => {
-                *pin = match (*pin, known) {
-                    // SAFETY: a pure comparison of two transaction ids.
-                    (Some(a), Some(b)) => Some(
-                        if unsafe { pg_sys::TransactionIdPrecedes(b.into(), a.into()) } {
-                            b
-                        } else {
-                            a
-                        },
-                    ),
-                    _ => None,
+                // SAFETY: a pure comparison of two transaction ids.
+                if unsafe { pg_sys::TransactionIdPrecedes(xmin.into(), (*pin).into()) } {
+                    *pin = xmin;
                 }
             }
-            None => pins.push((w.source, known)),
+            None => pins.push((w.source, xmin)),
         }
     }
-    (pins, unreadable)
+    pins
 }
 
-/// Sets one source's pin from the witnesses replayed so far.
-fn repin(source: u32) {
-    let (pins, unreadable) = pins_by_source();
-    let oid = pg_sys::Oid::from(source);
-    match pins.into_iter().find(|(s, _)| *s == source) {
-        Some((_, None)) => {}
-        Some((_, Some(xmin))) => crate::pin::slot::set_pin_in_recovery(oid, Some(xmin), unreadable),
-        None if !unreadable => crate::pin::slot::set_pin_in_recovery(oid, None, false),
-        None => {}
-    }
-}
-
-/// Every witnessed source pinned (none released: on a primary the launcher
-/// lets go of slots no clone needs, once it can read the catalog).
+/// Every witnessed source pinned at least as far back as its witnesses ask
+/// (never moved up, never dropped: on a primary the holders and the
+/// launcher do that, once they can read the catalog).
 fn pin_every_witnessed_source() {
-    let (pins, unreadable) = pins_by_source();
-    for (source, pin) in pins {
-        if let Some(xmin) = pin {
-            crate::pin::slot::set_pin_in_recovery(
-                pg_sys::Oid::from(source),
-                Some(xmin),
-                unreadable,
-            );
-        }
+    for (source, xmin) in pins_by_source() {
+        slot::set_pin_in_recovery(pg_sys::Oid::from(source), Some(xmin), true);
     }
 }
 
@@ -210,15 +213,14 @@ unsafe extern "C-unwind" fn describe(
 ) {
     // SAFETY: PostgreSQL passes the record being described.
     let (_, data) = unsafe { record_data(record) };
-    let text = match <[u8; 4]>::try_from(data) {
-        Ok(source) => format!("a clone of database {} dropped", u32::from_le_bytes(source)),
-        Err(_) => match Witness::decode(data) {
-            Some(w) => format!(
-                "clone {} of database {}, pin xmin {}",
-                w.clone, w.source, w.pin_xmin
-            ),
-            None => "malformed".to_string(),
-        },
+    let text = match (decode_pin(data), Witness::decode(data)) {
+        (_, Some(w)) => format!(
+            "clone {} of database {}, pin xmin {}, made by {}",
+            w.clone, w.source, w.pin_xmin, w.creating_xid
+        ),
+        (Some((source, Some(xmin))), None) => format!("database {source} pinned at xmin {xmin}"),
+        (Some((source, None)), None) => format!("database {source} unpinned"),
+        (None, None) => "malformed".to_string(),
     };
     let text = std::ffi::CString::new(text).expect("no NUL in a description");
     // SAFETY: `buf` is the StringInfo PostgreSQL passes; the text is copied.
@@ -229,7 +231,7 @@ unsafe extern "C-unwind" fn describe(
 unsafe extern "C-unwind" fn identify(info: u8) -> *const std::ffi::c_char {
     match info & !(pg_sys::XLR_INFO_MASK as u8) {
         XLOG_COWCLONE_WITNESS => c"WITNESS".as_ptr(),
-        XLOG_COWCLONE_FORGET => c"FORGET".as_ptr(),
+        XLOG_COWCLONE_PIN => c"PIN".as_ptr(),
         _ => std::ptr::null(),
     }
 }

@@ -1,22 +1,29 @@
 //! The witness: a one-page file in the clone's own database directory,
 //! `base/<clone>/cowclone_clone`, saying "this database is a clone of that
-//! source, and its pin is at that xmin".
+//! source, made by that transaction, and its pin is at that xmin".
 //!
 //! The record (`state::record`) is the truth about a clone; the witness is
 //! the part that must be known where no catalog can be read, and that must
 //! survive the record's loss:
-//! - The startup process puts the pins in force at the end of recovery
-//!   (`state::wal`), before any backend could prune, from the witnesses.
-//! - A database with a witness and no record is a clone whose state is
-//!   lost: reading its shadowed relations fails (XX001) instead of answering
-//!   from their local part.
+//! - The startup process keeps the pins in force during and at the end of
+//!   recovery (`state::wal`) from the witnesses.
+//! - A database with a witness and no record is a clone whose record is
+//!   lost: reading its shadowed relations fails (XX001) instead of
+//!   answering from their local part.
+//! - A witnessed directory without a database, whose creating transaction
+//!   is over, is what a crash, a failover or a restore left of a clone in
+//!   the making (`lifecycle::reconcile` removes it).
 //!
 //! It lives and dies with the database directory, which PostgreSQL creates
 //! and removes through WAL itself: an aborted or dropped clone takes its
 //! witness with it, on the primary and on every standby. cowclone WAL-logs
 //! its creation (`state::wal`), so standbys and crash recovery rebuild it.
+//!
+//! Reading fails closed: a file or directory that cannot be examined (an
+//! I/O error other than "not found") counts as present.
 
-use std::path::PathBuf;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 
 use pgrx::{pg_sys, PgSqlErrorCode};
 
@@ -31,14 +38,18 @@ const MAGIC: &[u8; 8] = b"COWWIT01";
 pub struct Witness {
     pub clone: u32,
     pub source: u32,
-    /// The clone point's xmin: what the source's pin must not pass.
+    /// The clone point's xmin (before T is taken, the pin then in force):
+    /// what the source's pin must not pass. 0 when unknown (0.2.0).
     pub pin_xmin: u32,
+    /// The transaction that made the clone; 0 once it is known committed
+    /// (a witness written again for an existing clone).
+    pub creating_xid: u32,
 }
 
 impl Witness {
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
-        for value in [self.clone, self.source, self.pin_xmin] {
+        for value in [self.clone, self.source, self.pin_xmin, self.creating_xid] {
             bytes.extend(value.to_le_bytes());
         }
         bytes
@@ -55,6 +66,7 @@ impl Witness {
             clone: word(0)?,
             source: word(1)?,
             pin_xmin: word(2)?,
+            creating_xid: word(3)?,
         })
     }
 }
@@ -63,9 +75,17 @@ fn database_dir(database: u32) -> PathBuf {
     data_dir().join("base").join(database.to_string())
 }
 
+/// Whether `path` exists; an error other than "not found" counts as yes.
+fn present(path: &Path) -> bool {
+    match std::fs::metadata(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() != ErrorKind::NotFound,
+    }
+}
+
 /// Whether a database's directory exists (in `base/`, where clones live).
 pub fn database_dir_exists(database: u32) -> bool {
-    database_dir(database).is_dir()
+    present(&database_dir(database))
 }
 
 pub fn path(database: u32) -> PathBuf {
@@ -75,18 +95,20 @@ pub fn path(database: u32) -> PathBuf {
 /// Writes the witness file; false if the database's directory is gone
 /// (replay of a clone dropped later on).
 pub fn write_file(witness: &Witness) -> std::io::Result<bool> {
-    if !database_dir(witness.clone).is_dir() {
-        return Ok(false);
+    match std::fs::metadata(database_dir(witness.clone)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
     }
     page_file::write(&path(witness.clone), &witness.encode())?;
     Ok(true)
 }
 
-/// Records a clone's witness on the primary: WAL first, then the file (in a
-/// clone being made, both before its transaction commits). False, and
+/// Records a clone's witness on the primary: WAL first (flushed, so no
+/// crash keeps the file without its record), then the file. False, and
 /// nothing written, if the database's directory is gone.
 pub fn record(witness: &Witness) -> bool {
-    if !database_dir(witness.clone).is_dir() {
+    if !database_dir_exists(witness.clone) {
         return false;
     }
     crate::state::wal::log_witness(witness);
@@ -102,7 +124,7 @@ pub fn record(witness: &Witness) -> bool {
 /// Whether a database's directory holds a witness (of any format: 0.2.0
 /// wrote the source's OID as text).
 pub fn exists(database: pg_sys::Oid) -> bool {
-    path(u32::from(database)).exists()
+    present(&path(u32::from(database)))
 }
 
 /// The witness of a database, if it has one this version can read. 0.2.0
@@ -120,33 +142,44 @@ pub fn read(database: u32) -> Option<Witness> {
         clone: database,
         source,
         pin_xmin: 0,
+        creating_xid: 0,
     })
 }
 
-/// The databases whose witness names `source`, sorted. Files only, so a pin
-/// holder, which must not run a transaction while it holds, can follow its
-/// clones: a dropped clone's witness goes with its directory.
-pub fn clones_of(source: pg_sys::Oid) -> Vec<u32> {
-    all()
-        .into_iter()
-        .filter_map(|(database, w)| (w?.source == u32::from(source)).then_some(database))
-        .collect()
+/// Every database directory with a witness: (database, its witness if
+/// readable). Reads only files, so the startup process can call it. An
+/// error listing `base/` is returned: nothing can be concluded then.
+pub fn all() -> std::io::Result<Vec<(u32, Option<Witness>)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(data_dir().join("base"))? {
+        let Some(database) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if present(&path(database)) {
+            found.push((database, read(database)));
+        }
+    }
+    found.sort_by_key(|(database, _)| *database);
+    Ok(found)
 }
 
-/// Every database directory with a witness: (database, its witness if
-/// readable). Reads only files, so the startup process can call it.
-pub fn all() -> Vec<(u32, Option<Witness>)> {
-    let Ok(entries) = std::fs::read_dir(data_dir().join("base")) else {
-        return Vec::new();
-    };
-    let mut found: Vec<(u32, Option<Witness>)> = entries
-        .filter_map(|entry| {
-            let database = entry.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
-            path(database).exists().then(|| (database, read(database)))
-        })
-        .collect();
-    found.sort_by_key(|(database, _)| *database);
-    found
+/// The databases whose witness names `source`, sorted; None when that
+/// cannot be known (an I/O error, or a witness that cannot be read and so
+/// may be this source's). Files only, so a pin holder, which must not run a
+/// transaction while it holds, can follow its clones: a dropped clone's
+/// witness goes with its directory.
+pub fn clones_of(source: pg_sys::Oid) -> Option<Vec<u32>> {
+    let mut clones = Vec::new();
+    for (database, witness) in all().ok()? {
+        if witness?.source == u32::from(source) {
+            clones.push(database);
+        }
+    }
+    Some(clones)
 }
 
 #[cfg(test)]
@@ -159,9 +192,10 @@ mod tests {
             clone: 16500,
             source: 16384,
             pin_xmin: 740,
+            creating_xid: 745,
         };
         assert_eq!(Witness::decode(&witness.encode()), Some(witness));
         assert_eq!(Witness::decode(b"16384"), None);
-        assert_eq!(Witness::decode(&witness.encode()[..15]), None);
+        assert_eq!(Witness::decode(&witness.encode()[..19]), None);
     }
 }

@@ -187,3 +187,18 @@ pub fn backend_xmins_bind() -> bool {
         true
     }
 }
+
+/// The oldest transaction id not yet frozen anywhere in the cluster (below
+/// it the clog may be truncated): no older xid can still matter to anyone.
+/// 17 renamed `ShmemVariableCache` to `TransamVariables`.
+pub fn oldest_unfrozen_xid() -> pg_sys::TransactionId {
+    // SAFETY: shared memory set up at start; the value is read once, and a
+    // stale read is only older, which callers treat as more conservative.
+    unsafe {
+        #[cfg(before_pg17)]
+        let shared = pg_sys::ShmemVariableCache;
+        #[cfg(not(before_pg17))]
+        let shared = pg_sys::TransamVariables;
+        (*shared).oldestXid
+    }
+}
