@@ -580,6 +580,18 @@ fn the_pin_holds_back_vacuum_exactly_for_what_the_clone_point_sees() {
     assert_eq!(rows(&cluster, "staging", "SELECT count(*) FROM u"), ["900"]);
 
     cluster.psql("postgres", "DROP DATABASE staging").unwrap();
+    // The holder lets go once the drop has committed (woken by it).
+    common::wait_until(
+        "the pin to be released",
+        std::time::Duration::from_secs(10),
+        || {
+            rows(
+                &cluster,
+                "postgres",
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cowclone%'",
+            ) == ["0"]
+        },
+    );
     let (removed, still_kept) = vacuum_counts(&cluster, "t");
     assert_eq!(
         (removed, still_kept),

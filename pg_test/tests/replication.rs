@@ -187,6 +187,9 @@ fn a_standby_answers_for_every_clone_exactly_as_the_primary() {
         rows(&primary, "postgres", slots)
     );
     primary.psql("postgres", "DROP DATABASE by_wal").unwrap();
+    wait_until("the primary's pin to go", Duration::from_secs(30), || {
+        rows(&primary, "postgres", slots).is_empty()
+    });
     primary.wait_for_replay(&standby).unwrap();
     assert!(rows(&standby, "postgres", slots).is_empty());
 }

@@ -311,6 +311,13 @@ unsafe extern "C-unwind" fn on_transaction_end(
         pg_sys::XactEvent::XACT_EVENT_ABORT => {
             set_pending(None);
             remove_clone_files(pending.clone);
+            // The slot this clone made goes now, while the source lock is
+            // held: PostgreSQL would drop an ephemeral one only after the
+            // lock is released, and a clone waiting for it would take it
+            // for a pin.
+            if slot::has_acquired() {
+                slot::release_acquired();
+            }
             if pending.persisted_source_slot {
                 slot::drop_slot(&slot::source_slot_name(pending.source));
             }
@@ -622,20 +629,28 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         persisted_source_slot: false,
     }));
     record::mark_building(clone);
+    // A witness from the start, with no pin yet: if this server fails over,
+    // or is restored to a point, before the clone commits, the directory it
+    // leaves is known for what it is (`lifecycle::reconcile`).
+    record::announce(clone, source_oid, 0);
     inherit_frozen_horizons(clone, &info);
     inherit_settings(source_oid, clone);
     failpoint::reached("after_createdb");
 
-    let (clone_point, point, pin) = snapshot::pin_and_take(source_oid, |pin_xmin| {
+    let (clone_point, point, pin) = snapshot::pin_and_take(source_oid, |pin_xmin, taken| {
+        if taken == PinTaken::Created {
+            // Before the witness reaches standbys: from here, an abort
+            // must tell them the slot goes.
+            set_pending(Some(Pending {
+                clone,
+                source: source_oid,
+                made_source_slot: true,
+                persisted_source_slot: false,
+            }));
+        }
         record::announce(clone, source_oid, pin_xmin)
     });
     if pin == PinTaken::Created {
-        set_pending(Some(Pending {
-            clone,
-            source: source_oid,
-            made_source_slot: true,
-            persisted_source_slot: false,
-        }));
         // The slot moved from its conservative xmin to T's.
         wal::log_pin(source_oid, Some(point.xmin));
     }

@@ -109,6 +109,16 @@ unsafe extern "C-unwind" fn check_storage_at_commit(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
+    if event == pg_sys::XactEvent::XACT_EVENT_COMMIT || event == pg_sys::XactEvent::XACT_EVENT_ABORT
+    {
+        // SAFETY: backend-local state of this single-threaded backend.
+        let dropped_clone_of = unsafe { (&raw mut WAKE_AT_END).replace(None) };
+        if let Some(source) = dropped_clone_of {
+            // The holder counts the clone until its record is gone: now.
+            crate::pin::slot::wake_holder(source);
+        }
+        return;
+    }
     if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT {
         return;
     }
@@ -208,6 +218,8 @@ fn option_value(options: *mut pg_sys::List, wanted: &str) -> Option<std::ffi::CS
 /// The clone a DROP DATABASE in this backend is dropping, and its source:
 /// its record goes with the database, so it is read before.
 static mut DROPPING_CLONE: Option<(pg_sys::Oid, pg_sys::Oid)> = None;
+/// The source whose holder must recount once that DROP DATABASE has ended.
+static mut WAKE_AT_END: Option<pg_sys::Oid> = None;
 
 /// After a DROP DATABASE: forgets the clone it dropped, if it was one.
 #[pg_guard]
@@ -216,6 +228,8 @@ pub extern "C-unwind" fn forget_dropped_clone(database: pg_sys::Oid) {
     let dropping = unsafe { (&raw mut DROPPING_CLONE).replace(None) };
     if let Some((clone, source)) = dropping.filter(|(clone, _)| *clone == database) {
         record::forget_clone(clone, source);
+        // SAFETY: as above.
+        unsafe { WAKE_AT_END = Some(source) };
     }
 }
 

@@ -17,7 +17,9 @@
 //!   snapshot xmins never go backwards. While it holds, the holder runs
 //!   no transaction (its end would clear the advertised xmin), so it
 //!   notices a dropped clone by its witness file going with the database's
-//!   directory (`state::witness::clones_of`), not by reading the catalog.
+//!   directory, not by reading the catalog; the recount then reads the
+//!   catalog, which keeps the clone until its `DROP DATABASE` commits
+//!   (the dropping backend wakes the holder again then).
 //! - Letting go: a `before_shmem_exit` callback re-arms the slot before the
 //!   process leaves the proc array, whatever ends it (SIGTERM, an error,
 //!   FATAL). SIGKILL makes the postmaster restart the cluster, which
@@ -65,16 +67,11 @@ pub fn start(
         .map_err(|_| ())
 }
 
-/// The source's clones the pin must cover: their records, less those whose
-/// database directory is gone. `DROP DATABASE` removes the directory before
-/// its transaction commits and cannot be rolled back after that, so a
-/// clone being dropped stops counting at once, as it did when records were
-/// files; a clone whose witness alone is missing still counts.
+/// The source's clones the pin must cover: every record, until its
+/// `DROP DATABASE` commits. (Its directory goes earlier, before the drop's
+/// WAL record: a standby's sessions in the clone may still be reading.)
 fn live_clones_of(source: pg_sys::Oid) -> Vec<CloneRecord> {
     record::clones_of(source)
-        .into_iter()
-        .filter(|c| witness::database_dir_exists(c.clone))
-        .collect()
 }
 
 fn clone_oids(clones: &[CloneRecord]) -> Vec<u32> {
@@ -262,13 +259,13 @@ impl Holding {
         // The clones the pin was computed for, read under the source lock; a
         // clone added since has a newer clone point and changes nothing. A
         // DROP DATABASE removes the witness before its transaction commits:
-        // a recount then may still see the clone, and counts again at the
-        // next check until it is gone.
-        // Witnesses that cannot be read: nothing is concluded, the pin stays.
-        let Some(present) = witness::clones_of(self.source) else {
-            return true;
-        };
-        if self.clones.iter().all(|c| present.contains(c)) {
+        // a recount then still sees the clone, and counts again (at the
+        // next check, or woken at its commit) until it is gone.
+        if self
+            .clones
+            .iter()
+            .all(|c| witness::exists(pg_sys::Oid::from(*c)))
+        {
             if lost {
                 self.hold();
             }

@@ -122,7 +122,8 @@ pub fn remove_interrupted_clones() -> usize {
             || state.active_pid != 0
             || database_exists(clone)
             || record::marker_path(clone).exists()
-            || record::read_record(clone).is_some()
+            // No database: no label either (it goes with its database).
+            || record::legacy_state_path(clone).exists()
         {
             continue;
         }

@@ -196,7 +196,8 @@ pub fn persist_acquired() {
     }
 }
 
-/// Lets go of this process's acquired slot, which stays as it is (armed).
+/// Lets go of this process's acquired slot, which stays as it is (armed);
+/// an ephemeral one is dropped.
 pub fn release_acquired() {
     // SAFETY: called while this process holds a slot.
     unsafe { pg_sys::ReplicationSlotRelease() }
@@ -335,6 +336,10 @@ pub fn wake_holder(source: pg_sys::Oid) {
 /// in base backups. No cowclone process acquires slots during recovery.
 /// `only_lower`: the pin may only move down (or the slot be made), never up.
 pub fn set_pin_in_recovery(source: pg_sys::Oid, xmin: Option<u32>, only_lower: bool) {
+    // SAFETY: a start-up setting.
+    if xmin.is_none() && unsafe { pg_sys::max_replication_slots } <= 0 {
+        return;
+    }
     refuse_without_slots(source);
     let name = source_slot_name(source);
     let existing = source_slot(source);
@@ -420,17 +425,20 @@ fn refuse_without_slots(source: pg_sys::Oid) {
 /// dense part never grows past backends plus prepared transactions: the
 /// flags array's last entry is never read, and the write goes there.
 ///
+/// Crash recovery in single-user mode runs in the standalone backend,
+/// which is in the proc array: it releases the plain way.
+///
 /// # Safety
-/// This process must have acquired a slot and be the startup process.
+/// This process must have acquired a slot.
 unsafe fn release_outside_proc_array() {
     // SAFETY: guaranteed by the caller; MyProc and ProcGlobal are set up at
     // process start, and the field is restored before anything reads it.
     unsafe {
         let backend_type = pg_sys::MyBackendType;
-        assert!(
-            backend_type == pg_sys::BackendType::B_STARTUP,
-            "only the startup process releases slots this way"
-        );
+        if backend_type != pg_sys::BackendType::B_STARTUP {
+            pg_sys::ReplicationSlotRelease();
+            return;
+        }
         let me = pg_sys::MyProc;
         let saved = (*me).pgxactoff;
         let prepared = std::ffi::CStr::from_ptr(pg_sys::GetConfigOption(

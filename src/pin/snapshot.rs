@@ -59,12 +59,12 @@ pub enum PinTaken {
 }
 
 /// Pins the source, conservatively if it had no pin yet, tells `announce`
-/// the xmin of the pin in force (so standbys pin it before T exists: see
-/// `state::wal`), then takes T and pins T. The caller holds
-/// `record::lock_source(source)` until commit.
+/// the xmin of the pin in force and whether this call made the slot (so
+/// standbys pin it before T exists: see `state::wal`), then takes T and
+/// pins T. The caller holds `record::lock_source(source)` until commit.
 pub fn pin_and_take(
     source: pg_sys::Oid,
-    announce: impl FnOnce(u32),
+    announce: impl FnOnce(u32, PinTaken),
 ) -> (HeldSnapshot, ClonePoint, PinTaken) {
     if slot::has_acquired() {
         CowError::new(
@@ -74,6 +74,17 @@ pub fn pin_and_take(
         .raise();
     }
     let (taken, pin) = match slot::source_slot(source) {
+        // Under the source lock only a persistent slot is a pin: an
+        // ephemeral one is a failed first clone's, about to go.
+        Some(existing) if !existing.persistent => CowError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!(
+                "the pin of database {} is being released by a failed clone",
+                u32::from(source)
+            ),
+        )
+        .hint("Retry the clone.")
+        .raise(),
         Some(existing) => (PinTaken::Existing, existing.xmin),
         None => {
             // SAFETY: in a transaction, with no slot acquired (checked above).
@@ -81,7 +92,7 @@ pub fn pin_and_take(
             (PinTaken::Created, slot::acquired_pin())
         }
     };
-    announce(pin);
+    announce(pin, taken);
     let held = HeldSnapshot::latest();
     let snapshot = held.0;
     // SAFETY: `held` is a registered MVCC snapshot; the slot, when this

@@ -173,11 +173,19 @@ fn pins_by_source() -> Vec<(u32, u32)> {
     });
     let mut pins: Vec<(u32, u32)> = Vec::new();
     for (database, found) in witnesses {
+        // Its source, which may be any database, could not be pinned: stop
+        // rather than go on with it unpinned.
         let Some(w) = found else {
-            pgrx::warning!(
-                "cowclone: the witness of database {database} is not readable; its source cannot be pinned from it"
-            );
-            continue;
+            crate::pg::error::CowError::new(
+                pgrx::PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!(
+                    "the cowclone witness of database {database} cannot be read: {}",
+                    witness::path(database).display()
+                ),
+            )
+            .detail("Its source database cannot be pinned, so recovery cannot go on safely.")
+            .hint("Make the file readable (it may come from a newer cowclone: install that release). If the database is no clone, remove the file.")
+            .raise()
         };
         let xmin = match w.pin_xmin {
             0 => record::legacy_pin_xmin(database)

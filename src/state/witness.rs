@@ -39,7 +39,8 @@ pub struct Witness {
     pub clone: u32,
     pub source: u32,
     /// The clone point's xmin (before T is taken, the pin then in force):
-    /// what the source's pin must not pass. 0 when unknown (0.2.0).
+    /// what the source's pin must not pass. 0 when unknown: before the
+    /// clone's source is pinned, or written by 0.2.0.
     pub pin_xmin: u32,
     /// The transaction that made the clone; 0 once it is known committed
     /// (a witness written again for an existing clone).
@@ -84,7 +85,7 @@ fn present(path: &Path) -> bool {
 }
 
 /// Whether a database's directory exists (in `base/`, where clones live).
-pub fn database_dir_exists(database: u32) -> bool {
+fn database_dir_exists(database: u32) -> bool {
     present(&database_dir(database))
 }
 
@@ -165,21 +166,6 @@ pub fn all() -> std::io::Result<Vec<(u32, Option<Witness>)>> {
     }
     found.sort_by_key(|(database, _)| *database);
     Ok(found)
-}
-
-/// The databases whose witness names `source`, sorted; None when that
-/// cannot be known (an I/O error, or a witness that cannot be read and so
-/// may be this source's). Files only, so a pin holder, which must not run a
-/// transaction while it holds, can follow its clones: a dropped clone's
-/// witness goes with its directory.
-pub fn clones_of(source: pg_sys::Oid) -> Option<Vec<u32>> {
-    let mut clones = Vec::new();
-    for (database, witness) in all().ok()? {
-        if witness?.source == u32::from(source) {
-            clones.push(database);
-        }
-    }
-    Some(clones)
 }
 
 #[cfg(test)]
