@@ -129,6 +129,17 @@ pub fn footprint(cluster: &Cluster) -> Footprint {
     }
 }
 
+/// Waits until the cluster's footprint is `before` again and asserts it: a
+/// dropped clone's pin is let go by its source's holder, woken when the
+/// drop commits, so a moment after `DROP DATABASE` returns.
+pub fn assert_footprint_returns_to(cluster: &Cluster, before: &Footprint, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while footprint(cluster) != *before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(footprint(cluster), *before, "{what}");
+}
+
 pub fn sqlstate(error: &postgres::Error) -> String {
     error
         .as_db_error()
