@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 mod common;
 
-use common::{app_tables as tables, contents, rich_schema, rows, run_each, sqlstate};
+use common::{
+    app_tables as tables, contents, rich_schema, rows, run_each, sqlstate, INDEXED_QUERIES,
+};
 use pg_test::{start_test_cluster, Cluster};
 
 /// Plan settings under which every query must give the same rows.
@@ -25,26 +27,6 @@ const PLAN_SHAPES: [(&str, &str); 5] = [
         "index-only scans preferred",
         "SET enable_seqscan = off; SET enable_bitmapscan = off;",
     ),
-];
-
-/// Queries that reach each index kind of the rich schema.
-const INDEXED_QUERIES: [&str; 16] = [
-    "SELECT c.id, p.id FROM app.child c JOIN app.parent p ON p.id = c.parent_id ORDER BY 1",
-    "SELECT a.id, b.label FROM app.everything a JOIN app.everything b ON a.id = b.id WHERE a.id < 300 ORDER BY a.id",
-    "SELECT id, label FROM app.everything WHERE id BETWEEN 10 AND 60 ORDER BY id",
-    "SELECT id FROM app.everything WHERE id < 200 ORDER BY id DESC",
-    "SELECT id, label FROM app.everything WHERE uid = md5('7')::uuid",
-    "SELECT id FROM app.everything WHERE label = 'label 42'",
-    "SELECT id FROM app.everything WHERE docb @> '{\"i\": 5}' ORDER BY id",
-    "SELECT id FROM app.everything WHERE words @> array['w17'] ORDER BY id",
-    "SELECT id FROM app.everything WHERE box_col && box(point(10, 10), point(20, 20)) ORDER BY id",
-    "SELECT id FROM app.everything WHERE window_r @> timestamptz '2024-01-03 00:00+00' ORDER BY id",
-    "SELECT id FROM app.everything WHERE pt <@ box(point(0, -50), point(50, 0)) ORDER BY id",
-    "SELECT id FROM app.everything ORDER BY pt <-> point(30, -30) LIMIT 5",
-    "SELECT id FROM app.everything WHERE day BETWEEN '2024-02-01' AND '2024-03-01' ORDER BY id",
-    "SELECT id FROM app.everything WHERE lower(label) = 'label 44' AND flag",
-    "SELECT id FROM app.everything WHERE search @@ to_tsquery('english', 'number & 77') ORDER BY id",
-    "SELECT id, at FROM app.events WHERE at BETWEEN '2024-06-10' AND '2024-06-20' ORDER BY id",
 ];
 
 /// Every table, matview and partitioned table of the source's `app` schema.

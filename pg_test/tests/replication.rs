@@ -11,7 +11,10 @@ use std::time::Duration;
 
 mod common;
 
-use common::{app_tables, contents, holder_of, rich_schema, rows, run_each, sqlstate, wait_until};
+use common::{
+    app_tables, contents, holder_of, rich_schema, rows, run_each, sqlstate, wait_until,
+    INDEXED_QUERIES,
+};
 use pg_test::{start_test_cluster, Cluster, ClusterConfig};
 
 /// Four plan shapes every table is read under.
@@ -99,6 +102,24 @@ fn same_tables(oracle: &Cluster, reader: &Cluster, db: &str) {
             );
         }
     }
+    // Full contents are read by sequential scans whatever the settings:
+    // queries that reach each index kind, under every plan shape, too.
+    let mut answered = 0;
+    for query in INDEXED_QUERIES {
+        let expected = rows(oracle, db, query);
+        answered += usize::from(!expected.is_empty());
+        for shape in PLAN_SHAPES {
+            assert_eq!(
+                rows(reader, db, &format!("{shape} {query}")),
+                expected,
+                "{query} in {db} ({shape:?})"
+            );
+        }
+    }
+    assert!(
+        answered >= 12,
+        "only {answered} indexed queries find rows in {db}"
+    );
 }
 
 fn lineage(cluster: &Cluster) -> Vec<String> {

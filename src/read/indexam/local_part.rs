@@ -47,9 +47,14 @@ pub(super) unsafe fn local_part_ready(index: pg_sys::Relation) -> bool {
         if local_blocks(index) == 0 {
             return false;
         }
-        // Wait out a build still writing it.
-        local_part_lock(index, pg_sys::ShareLock, true);
-        local_part_lock(index, pg_sys::ShareLock, false);
+        // Wait out a build still writing it. A standby builds nothing, and
+        // may not take this lock: a build on its primary reaches it as WAL,
+        // and a reader that meets one still being replayed finds pages
+        // missing and fails, never answers without them.
+        if !pg_sys::RecoveryInProgress() {
+            local_part_lock(index, pg_sys::ShareLock, true);
+            local_part_lock(index, pg_sys::ShareLock, false);
+        }
         LOCAL_READY.with(|r| r.borrow_mut().insert(node));
         true
     }
