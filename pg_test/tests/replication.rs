@@ -63,6 +63,35 @@ fn standby_of(primary: &Cluster, configure: impl FnOnce(&mut ClusterConfig)) -> 
     standby
 }
 
+/// How many databases are named `name` (0 or 1), as the rows say it.
+fn database_count(cluster: &Cluster, name: &str) -> Vec<String> {
+    rows(
+        cluster,
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+    )
+}
+
+/// The witness file of database `name` (which exists).
+fn witness_of(cluster: &Cluster, name: &str) -> std::path::PathBuf {
+    cluster
+        .data_dir()
+        .join("base")
+        .join(database_oid(cluster, name))
+        .join("cowclone_clone")
+}
+
+/// Every witness file in the cluster's database directories.
+fn witnesses(cluster: &Cluster) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(cluster.data_dir().join("base"))
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path().join("cowclone_clone");
+            path.exists().then_some(path)
+        })
+        .collect()
+}
+
 fn database_oid(cluster: &Cluster, name: &str) -> String {
     cluster
         .psql(
@@ -335,14 +364,7 @@ fn a_standby_killed_while_replaying_a_clone_comes_back_consistent() {
         },
     );
     // Mid-replay, nothing of the clone is visible.
-    assert_eq!(
-        rows(
-            &standby,
-            "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname = 'staging'"
-        ),
-        ["0"]
-    );
+    assert_eq!(database_count(&standby, "staging"), ["0"]);
     standby.crash().unwrap();
     standby.config.settings.retain(|s| s != &failpoint);
     standby.start().unwrap();
@@ -355,11 +377,7 @@ fn a_standby_killed_while_replaying_a_clone_comes_back_consistent() {
         );
     }
     assert_eq!(lineage(&standby), lineage(&primary));
-    let witness = standby
-        .data_dir()
-        .join("base")
-        .join(database_oid(&standby, "staging"))
-        .join("cowclone_clone");
+    let witness = witness_of(&standby, "staging");
     assert_eq!(std::fs::metadata(&witness).unwrap().len(), 8192);
     common::catalog_checks_pass(&primary, "staging");
     primary.wait_for_replay(&standby).unwrap();
@@ -496,13 +514,7 @@ fn base_backups_restore_pinned_clones_and_a_point_before_a_clone_has_none() {
         ),
         ["0"]
     );
-    let witnesses: Vec<_> = std::fs::read_dir(earlier.data_dir().join("base"))
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.ok()?.path().join("cowclone_clone");
-            path.exists().then_some(path)
-        })
-        .collect();
+    let witnesses = witnesses(&earlier);
     assert!(witnesses.is_empty(), "{witnesses:?}");
     assert_eq!(rows(&earlier, "prod", "SELECT count(*) FROM t"), ["20000"]);
 }
@@ -523,11 +535,7 @@ fn a_clone_whose_record_is_lost_refuses_to_be_read() {
 
     // The witness alone lost: the record still says everything, and the
     // launcher writes the witness again.
-    let witness = copy
-        .data_dir()
-        .join("base")
-        .join(database_oid(&copy, "staging"))
-        .join("cowclone_clone");
+    let witness = witness_of(&copy, "staging");
     std::fs::remove_file(&witness).unwrap();
     assert_eq!(contents(&copy, "staging", "t", ""), expected);
     wait_until(
@@ -575,15 +583,6 @@ fn a_failover_during_a_clone_leaves_no_trace_of_it() {
             .contains("paused at failpoint \"before_commit\"")
     });
     primary.wait_for_replay(&standby).unwrap();
-    let witnesses = |cluster: &Cluster| -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(cluster.data_dir().join("base"))
-            .unwrap()
-            .filter_map(|e| {
-                let path = e.ok()?.path().join("cowclone_clone");
-                path.exists().then_some(path)
-            })
-            .collect()
-    };
     assert_eq!(
         witnesses(&standby).len(),
         1,
@@ -601,14 +600,7 @@ fn a_failover_during_a_clone_leaves_no_trace_of_it() {
         || witnesses(&standby).is_empty() && rows(&standby, "postgres", slots) == ["0"],
     );
     assert!(standby.log().contains("whose making never committed"));
-    assert_eq!(
-        rows(
-            &standby,
-            "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname = 'staging'"
-        ),
-        ["0"]
-    );
+    assert_eq!(database_count(&standby, "staging"), ["0"]);
     assert_eq!(
         rows(&standby, "prod", "SELECT count(*) FROM cow.clones"),
         ["0"]

@@ -67,13 +67,6 @@ pub fn start(
         .map_err(|_| ())
 }
 
-/// The source's clones the pin must cover: every record, until its
-/// `DROP DATABASE` commits. (Its directory goes earlier, before the drop's
-/// WAL record: a standby's sessions in the clone may still be reading.)
-fn live_clones_of(source: pg_sys::Oid) -> Vec<CloneRecord> {
-    record::clones_of(source)
-}
-
 fn clone_oids(clones: &[CloneRecord]) -> Vec<u32> {
     clones.iter().map(|c| c.clone).collect()
 }
@@ -146,7 +139,7 @@ fn take_over(source: pg_sys::Oid) -> Option<Holding> {
     }
     let taken = BackgroundWorker::transaction(move || {
         record::lock_source(source);
-        let clones = live_clones_of(source);
+        let clones = record::clones_of(source);
         let name = slot::source_slot_name(source);
         let state = slot::source_slot(source);
         record::restore_lost_witnesses(&clones);
@@ -275,7 +268,10 @@ impl Holding {
         let source = self.source;
         let next = BackgroundWorker::transaction(move || {
             record::lock_source(source);
-            let clones = live_clones_of(source);
+            // Every record counts until its DROP DATABASE commits: the
+            // directory goes earlier, before the drop's WAL record, while a
+            // standby's sessions in the clone may still be reading.
+            let clones = record::clones_of(source);
             record::restore_lost_witnesses(&clones);
             match oldest_xmin(&clones) {
                 Some(xmin) => {

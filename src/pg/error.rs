@@ -39,27 +39,14 @@ impl CowError {
     /// Reports at level WARNING: sent to the client and written to the
     /// server log; execution goes on.
     pub fn warn(self) {
-        let mut report = ErrorReport::new(self.code, self.message, "cowclone");
-        if let Some(detail) = self.detail {
-            report = report.set_detail(detail);
-        }
-        if let Some(hint) = self.hint {
-            report = report.set_hint(hint);
-        }
-        report.report(PgLogLevel::WARNING);
+        self.report(PgLogLevel::WARNING);
     }
 
     /// Reports at level FATAL: the process exits (in the postmaster, the
     /// server does not start).
+    #[track_caller]
     pub fn fatal(self) -> ! {
-        let mut report = ErrorReport::new(self.code, self.message, "cowclone");
-        if let Some(detail) = self.detail {
-            report = report.set_detail(detail);
-        }
-        if let Some(hint) = self.hint {
-            report = report.set_hint(hint);
-        }
-        report.report(PgLogLevel::FATAL);
+        self.report(PgLogLevel::FATAL);
         unreachable!("a FATAL report does not return")
     }
 
@@ -67,6 +54,12 @@ impl CowError {
     /// and control never comes back.
     #[track_caller]
     pub fn raise(self) -> ! {
+        self.report(PgLogLevel::ERROR);
+        unreachable!("an ERROR report does not return")
+    }
+
+    #[track_caller]
+    fn report(self, level: PgLogLevel) {
         let mut report = ErrorReport::new(self.code, self.message, "cowclone");
         if let Some(detail) = self.detail {
             report = report.set_detail(detail);
@@ -74,7 +67,6 @@ impl CowError {
         if let Some(hint) = self.hint {
             report = report.set_hint(hint);
         }
-        report.report(PgLogLevel::ERROR);
-        unreachable!("an ERROR report does not return")
+        report.report(level);
     }
 }

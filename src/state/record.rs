@@ -289,9 +289,20 @@ pub fn restore_lost_witnesses(records: &[CloneRecord]) {
 
 /// Whether a database has a record in the catalog (not a 0.2.0 file).
 pub fn has_label(database: pg_sys::Oid) -> bool {
+    label_of(database).is_some()
+}
+
+/// A database's cowclone label, if it has one. In a transaction.
+fn label_of(database: pg_sys::Oid) -> Option<String> {
     let address = database_address(database);
     // SAFETY: a catalog read in a transaction; a palloc'd string or null.
-    !unsafe { pg_sys::GetSecurityLabel(&address, PROVIDER.as_ptr()) }.is_null()
+    let label = unsafe { pg_sys::GetSecurityLabel(&address, PROVIDER.as_ptr()) };
+    // SAFETY: when not null, a NUL-terminated string from the catalog.
+    (!label.is_null()).then(|| {
+        unsafe { CStr::from_ptr(label) }
+            .to_string_lossy()
+            .into_owned()
+    })
 }
 
 /// Where `cow.clone` marks a clone as being built (see `lifecycle::reconcile`).
@@ -369,14 +380,9 @@ fn read_legacy(clone: pg_sys::Oid) -> Option<CloneRecord> {
 /// The record of a database, or None if it is not a clone (or its record
 /// is lost: `state::witness` tells). In a transaction.
 pub fn read_record(clone: pg_sys::Oid) -> Option<CloneRecord> {
-    let address = database_address(clone);
-    // SAFETY: a catalog read in a transaction; a palloc'd string or null.
-    let label = unsafe { pg_sys::GetSecurityLabel(&address, PROVIDER.as_ptr()) };
-    if label.is_null() {
+    let Some(label) = label_of(clone) else {
         return read_legacy(clone);
-    }
-    // SAFETY: a NUL-terminated string from the catalog.
-    let label = unsafe { CStr::from_ptr(label) }.to_string_lossy();
+    };
     Some(from_label(&label).unwrap_or_else(|e| undecodable(clone.into(), &e)))
 }
 
@@ -538,14 +544,9 @@ pub fn clones_of(source: pg_sys::Oid) -> Vec<CloneRecord> {
 /// has no record or names none): enough to drop a clone whose record cannot
 /// be decoded.
 pub fn source_of(database: pg_sys::Oid) -> Option<pg_sys::Oid> {
-    let address = database_address(database);
-    // SAFETY: a catalog read in a transaction; a palloc'd string or null.
-    let label = unsafe { pg_sys::GetSecurityLabel(&address, PROVIDER.as_ptr()) };
-    if label.is_null() {
+    let Some(label) = label_of(database) else {
         return read_legacy(database).map(|r| pg_sys::Oid::from(r.source));
-    }
-    // SAFETY: a NUL-terminated string from the catalog.
-    let label = unsafe { CStr::from_ptr(label) }.to_string_lossy();
+    };
     label_source(&label).map(pg_sys::Oid::from)
 }
 
