@@ -13,6 +13,7 @@ pub mod cow {
     use pgrx::PgSqlErrorCode;
 
     use crate::create::clone;
+    use crate::lifecycle::materialize::request;
     use crate::lifecycle::{reconcile, workers};
     use crate::pg::error::CowError;
     use crate::pg::preload;
@@ -142,6 +143,169 @@ pub mod cow {
         TableIterator::new(rows)
     }
 
+    fn required<'a>(value: Option<&'a str>, what: &str) -> &'a str {
+        value.unwrap_or_else(|| {
+            CowError::new(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("{what} needs a database name"),
+            )
+            .raise()
+        })
+    }
+
+    /// Makes a clone an ordinary database that no longer reads its source.
+    #[pg_extern(volatile, parallel_unsafe, name = "materialize")]
+    #[allow(clippy::type_complexity)]
+    fn materialize(
+        clone: Option<&str>,
+        wait: default!(bool, true),
+    ) -> TableIterator<
+        'static,
+        (
+            name!(clone, String),
+            name!(status, &'static str),
+            name!(tables, i64),
+            name!(bytes_copied, i64),
+            name!(elapsed_ms, f64),
+        ),
+    > {
+        let name = required(clone, "cow.materialize");
+        let outcome = request::materialize(name, wait);
+        TableIterator::once((
+            name.to_string(),
+            outcome.status,
+            outcome.tables,
+            outcome.bytes,
+            outcome.elapsed_ms,
+        ))
+    }
+
+    /// Cancels a clone's materialization (running or queued): the tables
+    /// already materialized stay the clone's own.
+    #[pg_extern(volatile, parallel_unsafe, name = "cancel_materialize")]
+    fn cancel_materialize(clone: Option<&str>) -> bool {
+        request::cancel(required(clone, "cow.cancel_materialize"))
+    }
+
+    /// DROP DATABASE; with `force`, every clone of the database is
+    /// materialized first.
+    #[pg_extern(volatile, parallel_unsafe, name = "drop_database")]
+    fn drop_database(db: Option<&str>, force: default!(bool, false)) {
+        request::drop_database(required(db, "cow.drop_database"), force);
+    }
+
+    /// Materializations running or ended since the server started.
+    #[pg_extern(volatile, name = "_materialize_progress")]
+    #[allow(clippy::type_complexity)]
+    fn materialize_progress() -> TableIterator<
+        'static,
+        (
+            name!(clone_oid, pg_sys::Oid),
+            name!(pid, Option<i32>),
+            name!(phase, &'static str),
+            name!(relation, Option<String>),
+            name!(blocks_done, i64),
+            name!(blocks_total, i64),
+            name!(bytes_done, i64),
+            name!(bytes_total, i64),
+            name!(tables_done, i64),
+            name!(tables_total, i64),
+            name!(started_at, TimestampWithTimeZone),
+            name!(rate_mb_per_s, Option<f64>),
+            name!(seconds_left, Option<f64>),
+            name!(error, Option<String>),
+        ),
+    > {
+        let rows: Vec<_> = request::progress()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.clone,
+                    p.pid,
+                    p.phase,
+                    p.relation,
+                    p.blocks_done,
+                    p.blocks_total,
+                    p.bytes_done,
+                    p.bytes_total,
+                    p.relations_done,
+                    p.relations_total,
+                    timestamp(p.started_at),
+                    p.rate_mb_s,
+                    p.seconds_left,
+                    p.error,
+                )
+            })
+            .collect();
+        TableIterator::new(rows)
+    }
+
+    /// Every clone and every materialized former clone, with its status:
+    /// `cow.clones` is the view to use.
+    #[pg_extern(volatile, name = "_clones")]
+    #[allow(clippy::type_complexity)]
+    fn clones() -> TableIterator<
+        'static,
+        (
+            name!(clone_oid, pg_sys::Oid),
+            name!(source_oid, pg_sys::Oid),
+            name!(source_name, String),
+            name!(depth, i32),
+            name!(status, &'static str),
+            name!(clone_point_lsn, String),
+            name!(clone_point_time, TimestampWithTimeZone),
+            name!(created_at, TimestampWithTimeZone),
+            name!(pin, Option<String>),
+            name!(pin_age, Option<i64>),
+            name!(pin_state, Option<&'static str>),
+            name!(progress, Option<f64>),
+            name!(materialized_at, Option<TimestampWithTimeZone>),
+        ),
+    > {
+        let mut rows: Vec<_> = clone_records()
+            .map(
+                |(clone, source, source_name, depth, lsn, time, created, pin, pin_age, state)| {
+                    let job = crate::state::jobs::get(u32::from(clone))
+                        .filter(|j| j.pid != 0 && !j.phase.is_over() && j.bytes_total > 0);
+                    let queued = record::materialize_job(clone).is_some();
+                    (
+                        clone,
+                        source,
+                        source_name,
+                        depth,
+                        if queued { "materializing" } else { "shadowed" },
+                        lsn,
+                        time,
+                        created,
+                        Some(pin),
+                        pin_age,
+                        Some(state),
+                        job.map(|j| (j.bytes_done as f64 / j.bytes_total as f64).min(1.0)),
+                        None,
+                    )
+                },
+            )
+            .collect();
+        for l in record::lineages() {
+            rows.push((
+                pg_sys::Oid::from(l.clone),
+                pg_sys::Oid::from(l.source),
+                l.source_name,
+                l.depth as i32,
+                "materialized",
+                record::format_lsn(l.point.lsn),
+                timestamp(l.point.taken_at),
+                timestamp(l.created_at),
+                None,
+                None,
+                None,
+                Some(1.0),
+                Some(timestamp(l.materialized_at)),
+            ));
+        }
+        TableIterator::new(rows)
+    }
+
     /// One row per source with live clones (or a slot left to release):
     /// which clone holds its horizon, how old it is, and where it is in force.
     #[pg_extern(volatile, name = "_pins")]
@@ -219,17 +383,19 @@ SELECT c.clone_oid,
        c.source_oid,
        coalesce(s.datname, c.source_name::name) AS source,
        c.depth,
-       'shadowed'::text AS status,
+       c.status,
        c.clone_point_time,
        c.clone_point_lsn::pg_lsn AS clone_point_lsn,
        c.created_at,
        c.pin,
        c.pin_age,
-       c.pin_state
-  FROM cow._clone_records() c
+       c.pin_state,
+       c.progress,
+       c.materialized_at
+  FROM cow._clones() c
   JOIN pg_database d ON d.oid = c.clone_oid
   LEFT JOIN pg_database s ON s.oid = c.source_oid;
-COMMENT ON VIEW cow.clones IS 'Every clone in the cluster: source, clone point, status, and the age and state (source-only, cluster-wide, warning past cow.pin_warn_age, missing, or standby on a server in recovery, where the primary holds it) of its pin';
+COMMENT ON VIEW cow.clones IS 'Every clone in the cluster, and every database that was one: source, clone point, status (shadowed, materializing, materialized), progress of a running materialization, and the age and state (source-only, cluster-wide, warning past cow.pin_warn_age, missing, or standby on a server in recovery, where the primary holds it) of its pin';
 
 CREATE FUNCTION cow.lineage(db name) RETURNS SETOF cow.clones
 LANGUAGE plpgsql STABLE AS $$
@@ -244,14 +410,40 @@ BEGIN
         SELECT p.*, chain.hop + 1 FROM cow.clones p JOIN chain ON p.clone_oid = chain.source_oid
     )
     SELECT clone_oid, clone, source_oid, source, depth, status, clone_point_time,
-           clone_point_lsn, created_at, pin, pin_age, pin_state
+           clone_point_lsn, created_at, pin, pin_age, pin_state, progress, materialized_at
       FROM chain ORDER BY hop;
 END
 $$;
 COMMENT ON FUNCTION cow.lineage(name) IS 'A database''s ancestry: itself, its source, and so on up the chain (empty if it is not a clone)';
 "#,
     name = "lineage_views",
-    requires = [cow::clone_records],
+    requires = [cow::clones],
+);
+
+extension_sql!(
+    r#"
+CREATE VIEW cow.materialize_progress AS
+SELECT p.clone_oid,
+       d.datname AS clone,
+       p.pid,
+       p.phase,
+       p.relation,
+       p.blocks_done,
+       p.blocks_total,
+       p.bytes_done,
+       p.bytes_total,
+       p.tables_done,
+       p.tables_total,
+       p.started_at,
+       p.rate_mb_per_s,
+       p.seconds_left,
+       p.error
+  FROM cow._materialize_progress() p
+  LEFT JOIN pg_database d ON d.oid = p.clone_oid;
+COMMENT ON VIEW cow.materialize_progress IS 'One row per materialization since the server started: its phase, the table being copied (source blocks done of total), source bytes copied of about how many, the rate and an estimate of the time left';
+"#,
+    name = "materialize_progress_view",
+    requires = [cow::materialize_progress],
 );
 
 extension_sql!(

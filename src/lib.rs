@@ -49,6 +49,8 @@ pub extern "C-unwind" fn _PG_init() {
         utility_hook::install();
         pg::failpoint::define_setting();
         pin::age::define_settings();
+        state::jobs::init();
+        lifecycle::materialize::define_settings();
         lifecycle::workers::register();
     }
 }

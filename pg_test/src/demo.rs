@@ -176,7 +176,12 @@ pub fn run(pg: &PgInstall) -> Result<()> {
         "The source guard: TRUNCATE pgbench_accounts in prod, whose files staging reads:\n   ERROR: {guarded}"
     ));
 
-    admin.batch_execute("DROP DATABASE staging")?;
+    drop((cloner, app));
+    let materialized = one(
+        &cluster,
+        "prod",
+        "SELECT format('%s: %s tables, %s MB copied from prod in %s ms', status, tables, round(bytes_copied / 1048576.0, 1), round(elapsed_ms::numeric)) FROM cow.materialize('staging')",
+    )?;
     let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cowclone%'";
     let mut left = one(&cluster, "postgres", slots)?;
     for _ in 0..100 {
@@ -187,10 +192,18 @@ pub fn run(pg: &PgInstall) -> Result<()> {
         left = one(&cluster, "postgres", slots)?;
     }
     step(&format!(
-        "DROP DATABASE staging, prod's last clone, releases its pin: the holder ends and {left} cowclone slots are left."
+        "cow.materialize('staging') copies every row staging still reads from prod into its own storage, table by table, while it stays readable and writable; then it is an ordinary database:\n   {materialized}\n   its tables: {}\n   cow.clones: {}\n   prod's pin is released: {left} cowclone slots left",
+        one(&cluster, "staging", "SELECT string_agg(DISTINCT a.amname, ', ') FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.relnamespace = 'public'::regnamespace")?,
+        one(&cluster, "prod", "SELECT string_agg(clone || ' of ' || source || ': ' || status, '; ') FROM cow.clones")?
     ));
 
-    drop((admin, cloner, app));
+    admin.batch_execute("DROP DATABASE prod")?;
+    step(&format!(
+        "DROP DATABASE prod now succeeds, and staging still answers:\n   staging: {}",
+        one(&cluster, "staging", written)?
+    ));
+
+    drop(admin);
     drop(cluster);
     step("Stopped the cluster and removed its directory.");
     Ok(())

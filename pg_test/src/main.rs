@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pg_test::bench::{Benchmark, PinBenchOptions};
+use pg_test::bench::{Benchmark, MaterializeBenchOptions, PinBenchOptions};
 use pg_test::cluster::{Cluster, ClusterConfig};
 use pg_test::extension::{build_and_install, Profile};
 use pg_test::install::{parse_major_choice, MajorChoice, PgInstall, DEFAULT_MAJOR};
@@ -22,6 +22,7 @@ fn usage() -> &'static str {
   bench --reads [--quick] [--pg N]
   bench --writes [--quick] [--pg N]
   bench --pin [--quick] [--pg N]
+  bench --materialize [--quick] [--pg N]
                                           cowclone vs TEMPLATE vs pg_dump|pg_restore, as ratios"
 }
 
@@ -75,6 +76,7 @@ struct Flags {
     reads: bool,
     writes: bool,
     pin: bool,
+    materialize: bool,
     scales: Option<Vec<u32>>,
 }
 
@@ -111,6 +113,7 @@ fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, 
             "--reads" => flags.reads = true,
             "--writes" => flags.writes = true,
             "--pin" => flags.pin = true,
+            "--materialize" => flags.materialize = true,
             "--scales" => {
                 let v = value()?;
                 let scales: Option<Vec<u32>> = v
@@ -191,12 +194,24 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
             let flags = parse_flags(
                 rest,
                 &[
-                    "--pg", "--quick", "--scales", "--reads", "--writes", "--pin",
+                    "--pg",
+                    "--quick",
+                    "--scales",
+                    "--reads",
+                    "--writes",
+                    "--pin",
+                    "--materialize",
                 ],
             )?;
             let pg = pg_of(&flags)?;
             setup::setup(&pg)?;
-            let benchmark = if flags.pin {
+            let benchmark = if flags.materialize {
+                Benchmark::Materialize(if flags.quick {
+                    MaterializeBenchOptions::quick()
+                } else {
+                    MaterializeBenchOptions::standard()
+                })
+            } else if flags.pin {
                 Benchmark::Pin(if flags.quick {
                     PinBenchOptions::quick()
                 } else {

@@ -20,6 +20,11 @@ fn an_install_of_0_2_0_with_live_clones_updates_in_place() {
     updates_in_place_with_live_clones("0.2.0");
 }
 
+#[test]
+fn an_install_of_0_3_0_with_live_clones_updates_in_place() {
+    updates_in_place_with_live_clones("0.3.0");
+}
+
 fn updates_in_place_with_live_clones(from: &str) {
     let cluster = start_test_cluster(|_| {}).unwrap();
     cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
@@ -101,6 +106,24 @@ fn updates_in_place_with_live_clones(from: &str) {
     }
     changed.sort();
     assert_eq!(contents(&cluster, "staging", "t", ""), changed);
+    // A clone made before the update materializes with the updated SQL.
+    assert_eq!(
+        rows(
+            &cluster,
+            "prod",
+            "SELECT status FROM cow.materialize('staging')"
+        ),
+        ["materialized"]
+    );
+    assert_eq!(contents(&cluster, "staging", "t", ""), changed);
+    assert_eq!(
+        rows(
+            &cluster,
+            "staging",
+            "SELECT count(*) FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE a.amname LIKE 'cow%'"
+        ),
+        ["0"]
+    );
     // And a clone made after the update works alike.
     cluster
         .psql("prod", "SELECT cow.clone('prod', 'after_update')")

@@ -68,7 +68,7 @@ fn validate_target_name(target: &str) {
     }
 }
 
-fn database_oid(name: &str) -> pg_sys::Oid {
+pub fn database_oid(name: &str) -> pg_sys::Oid {
     let Ok(c_name) = CString::new(name) else {
         return pg_sys::InvalidOid;
     };
@@ -137,7 +137,7 @@ fn check_privileges(source: pg_sys::Oid, source_name: &str) {
 }
 
 /// Runs `read` on a database's `pg_database` row (3D000 if there is none).
-fn with_database_row<R>(
+pub fn with_database_row<R>(
     oid: pg_sys::Oid,
     name: &str,
     read: impl FnOnce(pg_sys::HeapTuple, &pg_sys::FormData_pg_database) -> R,
@@ -688,6 +688,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
                 name: r.name.clone(),
             })
             .collect(),
+        materialized: Vec::new(),
     });
     if pin == PinTaken::Created {
         slot::persist_acquired();

@@ -153,7 +153,10 @@ unsafe extern "C-unwind" fn check_storage_at_commit(
         format!("cannot drop or rewrite the storage of {} because clone {} still reads it", list(&relations), list(&clones)),
     )
     .detail("A clone reads its source's files as of its clone point; this command would remove or replace them.")
-    .hint(format!("Drop the clone first (DROP DATABASE {}); materializing it is not built yet.", clones[0]))
+    .hint(format!(
+        "Materialize the clone first (SELECT cow.materialize('{}')), which makes it stop reading this database, or drop it.",
+        clones[0]
+    ))
     .raise()
 }
 
@@ -177,10 +180,16 @@ fn refuse_if_source(database: pg_sys::Oid, what: &str) {
         ),
     )
     .detail("A clone reads its source's files as of its clone point.")
-    .hint(format!(
-        "Drop the clone first (DROP DATABASE {}); materializing it is not built yet.",
-        clones[0]
-    ))
+    .hint(if what == "drop" {
+        format!(
+            "SELECT cow.drop_database('{source}', force => true) materializes every clone first and then drops it; or materialize (cow.materialize) or drop each clone."
+        )
+    } else {
+        format!(
+            "Materialize the clone first (SELECT cow.materialize('{}')), which makes it stop reading this database, or drop it.",
+            clones[0]
+        )
+    })
     .raise()
 }
 

@@ -18,10 +18,10 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::lifecycle::{holder, reconcile};
+use crate::lifecycle::{holder, materialize, reconcile};
 use crate::pg::error::CowError;
 use crate::pin::slot;
-use crate::state::{record, wal, witness};
+use crate::state::{jobs, record, wal, witness};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -64,10 +64,53 @@ fn no_worker_slot(source_name: &str) -> CowError {
 struct Launcher {
     starting: BTreeMap<u32, DynamicBackgroundWorker>,
     warned: BTreeSet<u32>,
+    materializers: BTreeMap<u32, DynamicBackgroundWorker>,
+    warned_materializers: BTreeSet<u32>,
 }
 
 impl Launcher {
+    /// Starts a materializer for every queued job nobody runs: one queued
+    /// without waiting, or one whose worker was ended before it finished.
+    fn resume_materializations(&mut self) {
+        let queued = BackgroundWorker::transaction(record::materialize_jobs);
+        // SAFETY: this process's pid, for start and stop notices.
+        let me = unsafe { pg_sys::MyProcPid };
+        for &clone in &queued {
+            let running = jobs::get(clone).is_some_and(|j| j.pid != 0 && !j.phase.is_over());
+            let pending = self.materializers.get(&clone).is_some_and(|h| {
+                matches!(h.pid(), Err(BackgroundWorkerStatus::NotYetStarted))
+                    || (h.pid().is_ok() && !jobs::get(clone).is_some_and(|j| j.phase.is_over()))
+            });
+            if running || pending {
+                continue;
+            }
+            match materialize::start(pg_sys::Oid::from(clone), &clone.to_string(), me) {
+                Ok(handle) => {
+                    self.warned_materializers.remove(&clone);
+                    self.materializers.insert(clone, handle);
+                }
+                Err(()) => {
+                    if self.warned_materializers.insert(clone) {
+                        pgrx::warning!(
+                            "cowclone: could not start the materializer of database {clone}: all max_worker_processes slots are in use; retrying every second"
+                        );
+                    }
+                }
+            }
+        }
+        self.materializers.retain(|c, _| queued.contains(c));
+    }
+
     fn tick(&mut self) {
+        self.resume_materializations();
+        // A materialization commits the lineage, then removes the witness:
+        // a crash in between leaves one behind.
+        for clone in BackgroundWorker::transaction(record::materialized_without_database) {
+            if witness::exists(pg_sys::Oid::from(clone)) {
+                witness::remove(clone);
+                pgrx::log!("cowclone: removed the witness of materialized database {clone}");
+            }
+        }
         let (sources, uncertain) = BackgroundWorker::transaction(sources_with_clones);
         let slots = slot::source_slots();
         for (&source, name) in &sources {

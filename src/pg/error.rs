@@ -26,6 +26,11 @@ impl CowError {
         }
     }
 
+    /// A state cowclone's own logic rules out (XX000).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, message)
+    }
+
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
         self

@@ -17,8 +17,8 @@ static FAILPOINT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 pub fn define_setting() {
     GucRegistry::define_string_guc(
         c"cow.debug_failpoint",
-        c"Test only: make cow.clone fail or pause at a named point.",
-        c"error:<point>, pause:<point> or sleep:<point>, where point is after_createdb, after_pin, after_catalog_copy or before_commit.",
+        c"Test only: make cow.clone or a materialization fail or pause at a named point.",
+        c"error:<point>, pause:<point> or sleep:<point>, where point is after_createdb, after_pin, after_catalog_copy, before_commit, materialize_mid_table, materialize_switch, materialize_between_tables or materialize_finish.",
         &FAILPOINT,
         GucContext::Suset,
         GucFlags::default(),

@@ -2,14 +2,20 @@
 //! as an MVCC snapshot, where the source keeps each shadowed relation's
 //! storage (the TID spaces it reads through are `state::tid`'s).
 //!
-//! A backend's database never changes, so all of this is loaded once, from
-//! the clone's state file, the first time a shadowed relation is touched, and
-//! kept for the life of the process.
+//! A backend's database never changes, so the source and T are loaded once,
+//! from the clone's record, the first time a shadowed relation is touched,
+//! and kept for the life of the process. Which relations are still shadowed
+//! changes as a materialization makes them the clone's own, one committed
+//! switch at a time: that part is read again after any relation cache
+//! invalidation. A switch invalidates its relation, and every backend that
+//! opens it afterwards has locked it after the switch committed, so has
+//! processed that invalidation first.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
-use pgrx::{pg_sys, PgSqlErrorCode};
+use pgrx::{pg_guard, pg_sys, PgSqlErrorCode};
 
 use crate::pg::compat::{self, RelLocator};
 use crate::pg::error::CowError;
@@ -19,8 +25,52 @@ pub struct CloneView {
     pub source: pg_sys::Oid,
     /// T: judges every source tuple, whatever snapshot the query runs with.
     snapshot: pg_sys::Snapshot,
+}
+
+/// What the record says now of the relations (see the module comment).
+#[derive(Default)]
+struct Relations {
+    stale: bool,
     /// Source relfilenodes this clone reads.
     shadowed: HashSet<u32>,
+    /// Relations materialized, by the transaction that copied their rows.
+    materialized: HashMap<u32, u32>,
+}
+
+thread_local! {
+    static RELATIONS: RefCell<Option<Relations>> = const { RefCell::new(None) };
+}
+
+/// Relation cache invalidations make the relations be read again.
+#[pg_guard]
+unsafe extern "C-unwind" fn relations_may_have_changed(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    RELATIONS.with(|r| {
+        if let Some(relations) = r.borrow_mut().as_mut() {
+            relations.stale = true;
+        }
+    });
+}
+
+fn with_relations<R>(f: impl FnOnce(&Relations) -> R) -> R {
+    let fresh = RELATIONS.with(|r| r.borrow().as_ref().is_some_and(|r| !r.stale));
+    if !fresh {
+        // SAFETY: MyDatabaseId is set once the backend has connected.
+        let database = unsafe { pg_sys::MyDatabaseId };
+        let record = record::read_record(database);
+        let relations = Relations {
+            stale: false,
+            shadowed: record
+                .iter()
+                .flat_map(|r| r.shadowed.iter().map(|s| s.relfilenode))
+                .collect(),
+            materialized: record
+                .iter()
+                .flat_map(|r| r.materialized.iter().map(|m| (m.relfilenode, m.xid)))
+                .collect(),
+        };
+        RELATIONS.with(|r| *r.borrow_mut() = Some(relations));
+    }
+    RELATIONS.with(|r| f(r.borrow().as_ref().expect("just loaded")))
 }
 
 // SAFETY: the view is built once per backend (PostgreSQL backends are
@@ -40,10 +90,17 @@ pub fn current() -> Option<&'static CloneView> {
         let database = unsafe { pg_sys::MyDatabaseId };
         record::read_record(database).map(|record| {
             refuse_if_inconsistent(database, &record);
+            // SAFETY: registered once per process, from a backend in a
+            // transaction; the callback only marks the relations stale.
+            unsafe {
+                pg_sys::CacheRegisterRelcacheCallback(
+                    Some(relations_may_have_changed),
+                    pg_sys::Datum::from(0),
+                )
+            };
             CloneView {
                 source: pg_sys::Oid::from(record.source),
                 snapshot: leak_snapshot(&record.point),
-                shadowed: record.shadowed.iter().map(|s| s.relfilenode).collect(),
             }
         })
     })
@@ -139,9 +196,54 @@ impl CloneView {
     /// it shadows any. Same OIDs everywhere: the clone's relfilenode is the
     /// source's.
     pub fn source_locator(&self, relfilenode: pg_sys::Oid) -> Option<RelLocator> {
-        self.shadowed
-            .contains(&u32::from(relfilenode))
+        with_relations(|r| r.shadowed.contains(&u32::from(relfilenode)))
             .then(|| compat::rel_locator(pg_sys::DEFAULTTABLESPACE_OID, self.source, relfilenode))
+    }
+
+    /// The transaction that materialized a relation, if one did.
+    pub fn materialized_by(&self, relfilenode: pg_sys::Oid) -> Option<u32> {
+        with_relations(|r| r.materialized.get(&u32::from(relfilenode)).copied())
+    }
+}
+
+/// Refuses a snapshot that does not see the materialization of `rel`: the
+/// rows copied into the clone's own storage are that transaction's, so the
+/// snapshot would find the table without its source rows.
+///
+/// # Safety
+/// `rel` a valid relation, `snapshot` null or valid, in a transaction.
+pub unsafe fn refuse_snapshot_before_materialization(
+    rel: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if snapshot.is_null() || (*snapshot).snapshot_type != pg_sys::SnapshotType::SNAPSHOT_MVCC {
+            return;
+        }
+        let Some(view) = current() else {
+            return;
+        };
+        let Some(xid) = view.materialized_by(compat::relfilenode_of(rel)) else {
+            return;
+        };
+        let xid = pg_sys::TransactionId::from(xid);
+        if pg_sys::TransactionIdIsCurrentTransactionId(xid)
+            || !pg_sys::XidInMVCCSnapshot(xid, snapshot)
+        {
+            return;
+        }
+        let name = crate::pg::relation::relation_name(rel);
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            format!("could not read table \"{name}\": it was materialized after this transaction's snapshot was taken"),
+        )
+        .detail(format!(
+            "Its rows were copied from the source into the clone's own storage by transaction {}, which this snapshot does not see.",
+            u32::from(xid)
+        ))
+        .hint("Retry the transaction.")
+        .raise()
     }
 }
 

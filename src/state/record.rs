@@ -48,6 +48,13 @@ const PROVIDER: &CStr = c"cowclone";
 /// in hex. The source in clear lets one source's records be found without
 /// decoding every other.
 const LABEL_PREFIX: &str = "cowclone state 1 ";
+/// What a materialized clone keeps of its lineage, in the same label once
+/// it is no longer a clone: `cowclone lineage 1 source <oid> <hex>`.
+const LINEAGE_PREFIX: &str = "cowclone lineage 1 ";
+/// A queued materialization is a second label, of its own provider, so it
+/// is always stored inline: the launcher, which cannot read labels stored
+/// out of line, must find every job to resume it.
+const JOB_PROVIDER: &CStr = c"cowclone_job";
 /// pg_shseclabel (not in pgrx's bindings) and its columns, 1-based.
 const SHARED_SECURITY_LABEL_RELATION_ID: pg_sys::Oid = pg_sys::Oid::from_u32(3592);
 const ANUM_OBJOID: usize = 1;
@@ -74,6 +81,33 @@ pub struct CloneRecord {
     pub created_at: i64,
     /// Storage in the source this clone reads (pg_default tablespace).
     pub shadowed: Vec<ShadowedStorage>,
+    /// Relations already made the clone's own, and by which transaction
+    /// (encoded after the record, so 0.3.0's library, which ignores
+    /// trailing bytes, still reads the rest).
+    #[serde(skip)]
+    pub materialized: Vec<MaterializedStorage>,
+}
+
+/// A relation of the clone that no longer reads its source: its rows were
+/// copied into its own storage by transaction `xid`, which snapshots taken
+/// before it committed do not see (they are refused, never answered wrongly).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaterializedStorage {
+    pub relfilenode: u32,
+    pub xid: u32,
+}
+
+/// What a materialized database remembers: it was a clone of `source` at
+/// `point`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub clone: u32,
+    pub source: u32,
+    pub source_name: String,
+    pub depth: u32,
+    pub point: ClonePoint,
+    pub created_at: i64,
+    pub materialized_at: i64,
 }
 
 impl CloneRecord {
@@ -93,14 +127,33 @@ impl CloneRecord {
     }
 }
 
-/// The label of a record: prefix, source, hex of the encoded record.
-fn to_label(record: &CloneRecord) -> String {
-    let body = postcard::to_allocvec(record).expect("a record always serializes");
-    let mut label = format!("{LABEL_PREFIX}source {} ", record.source);
-    for byte in body {
-        label.push_str(&format!("{byte:02x}"));
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(hex: &str) -> Result<Vec<u8>, String> {
+    if !hex.len().is_multiple_of(2) {
+        return Err("odd number of hex digits".into());
     }
-    label
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|e| e.to_string())
+}
+
+/// The label of a record: prefix, source, hex of the encoded record (and,
+/// once some relation is materialized, of that list after it).
+fn to_label(record: &CloneRecord) -> String {
+    let mut body = postcard::to_allocvec(record).expect("a record always serializes");
+    if !record.materialized.is_empty() {
+        body.extend(postcard::to_allocvec(&record.materialized).expect("a list serializes"));
+    }
+    format!("{LABEL_PREFIX}source {} {}", record.source, hex(&body))
+}
+
+fn is_record_label(label: &str) -> bool {
+    label.starts_with(LABEL_PREFIX)
 }
 
 /// The source a label names, without decoding the record.
@@ -112,15 +165,12 @@ fn label_source(label: &str) -> Option<u32> {
 fn from_label(label: &str) -> Result<CloneRecord, String> {
     let source = label_source(label).ok_or("not a cowclone record")?;
     let hex = label.rsplit(' ').next().ok_or("not a cowclone record")?;
-    if hex.len() % 2 != 0 {
-        return Err("odd number of hex digits".into());
+    let body = unhex(hex)?;
+    let (mut record, rest): (CloneRecord, &[u8]) =
+        postcard::take_from_bytes(&body).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        record.materialized = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
     }
-    let body = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|e| e.to_string())?;
-    let record: CloneRecord = postcard::from_bytes(&body).map_err(|e| e.to_string())?;
     if record.source != source {
         return Err("the label's source and its record disagree".into());
     }
@@ -292,17 +342,22 @@ pub fn has_label(database: pg_sys::Oid) -> bool {
     label_of(database).is_some()
 }
 
-/// A database's cowclone label, if it has one. In a transaction.
-fn label_of(database: pg_sys::Oid) -> Option<String> {
+/// A database's cowclone label of any kind (record or lineage). In a transaction.
+fn any_label_of(database: pg_sys::Oid, provider: &CStr) -> Option<String> {
     let address = database_address(database);
     // SAFETY: a catalog read in a transaction; a palloc'd string or null.
-    let label = unsafe { pg_sys::GetSecurityLabel(&address, PROVIDER.as_ptr()) };
+    let label = unsafe { pg_sys::GetSecurityLabel(&address, provider.as_ptr()) };
     // SAFETY: when not null, a NUL-terminated string from the catalog.
     (!label.is_null()).then(|| {
         unsafe { CStr::from_ptr(label) }
             .to_string_lossy()
             .into_owned()
     })
+}
+
+/// A database's cowclone label, if it has one. In a transaction.
+fn label_of(database: pg_sys::Oid) -> Option<String> {
+    any_label_of(database, PROVIDER).filter(|l| is_record_label(l))
 }
 
 /// Where `cow.clone` marks a clone as being built (see `lifecycle::reconcile`).
@@ -391,6 +446,16 @@ pub fn read_record(clone: pg_sys::Oid) -> Option<CloneRecord> {
 /// the TOAST relation, which needs a database connection: the launcher,
 /// connected to none, reads only labels stored inline.
 fn labels(detoast: bool) -> Vec<(u32, Option<String>)> {
+    // A lineage label is short, so always inline: one stored out of line
+    // is a record.
+    labels_of("cowclone", detoast)
+        .into_iter()
+        .filter(|(_, label)| label.as_deref().is_none_or(is_record_label))
+        .collect()
+}
+
+/// Every label of `provider` on a database, as `labels` reads them.
+fn labels_of(provider: &str, detoast: bool) -> Vec<(u32, Option<String>)> {
     let mut found = Vec::new();
     // SAFETY: a heap scan of a shared catalog with a catalog snapshot, in a
     // transaction; each tuple is deformed with the catalog's own descriptor
@@ -431,7 +496,7 @@ fn labels(detoast: bool) -> Vec<(u32, Option<String>)> {
                 continue;
             }
             let class = pg_sys::Oid::from_datum(values[ANUM_CLASSOID - 1], false);
-            if class != Some(pg_sys::DatabaseRelationId) || text(ANUM_PROVIDER) != "cowclone" {
+            if class != Some(pg_sys::DatabaseRelationId) || text(ANUM_PROVIDER) != provider {
                 continue;
             }
             let database = pg_sys::Oid::from_datum(values[ANUM_OBJOID - 1], false)
@@ -566,6 +631,99 @@ pub fn oldest_clone_point<'a>(
     })
 }
 
+/// Saves a clone's record again (its shadowed and materialized relations
+/// changed), in this transaction.
+pub fn update(record: &CloneRecord) {
+    set_label(record);
+}
+
+/// Replaces a materialized clone's record by its lineage, in this
+/// transaction: the database is no longer a clone.
+pub fn replace_by_lineage(record: &CloneRecord) {
+    let lineage = Lineage {
+        clone: record.clone,
+        source: record.source,
+        source_name: record.source_name.clone(),
+        depth: record.depth,
+        point: record.point.clone(),
+        created_at: record.created_at,
+        // SAFETY: reads the clock.
+        materialized_at: unsafe { pg_sys::GetCurrentTimestamp() },
+    };
+    let body = postcard::to_allocvec(&lineage).expect("a lineage serializes");
+    let label = format!("{LINEAGE_PREFIX}source {} {}", lineage.source, hex(&body));
+    let label = CString::new(label).expect("hex has no NUL");
+    let address = database_address(pg_sys::Oid::from(record.clone));
+    // SAFETY: a catalog write in this transaction on an existing database.
+    unsafe {
+        pg_sys::SetSecurityLabel(&address, PROVIDER.as_ptr(), label.as_ptr());
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
+fn lineage_from_label(label: &str) -> Result<Lineage, String> {
+    let hex = label
+        .strip_prefix(LINEAGE_PREFIX)
+        .and_then(|rest| rest.rsplit(' ').next())
+        .ok_or("not a cowclone lineage")?;
+    postcard::from_bytes(&unhex(hex)?).map_err(|e| e.to_string())
+}
+
+/// Every materialized database's lineage (whose database still exists: the
+/// label goes with it). In a transaction.
+pub fn lineages() -> Vec<Lineage> {
+    labels_of("cowclone", true)
+        .into_iter()
+        .filter_map(|(_, label)| label)
+        .filter(|l| l.starts_with(LINEAGE_PREFIX))
+        .filter_map(|l| lineage_from_label(&l).ok())
+        .collect()
+}
+
+/// Databases that were clones and are materialized, as a process without a
+/// database connection reads them (a lineage label is always inline).
+pub fn materialized_without_database() -> Vec<u32> {
+    labels_of("cowclone", false)
+        .into_iter()
+        .filter(|(_, label)| {
+            label
+                .as_deref()
+                .is_some_and(|l| l.starts_with(LINEAGE_PREFIX))
+        })
+        .map(|(database, _)| database)
+        .collect()
+}
+
+/// Queues (or, with None, ends) the materialization of a clone, in this
+/// transaction: a label of its own provider, always inline.
+pub fn set_materialize_job(clone: pg_sys::Oid, job: Option<&str>) {
+    let address = database_address(clone);
+    let text = job.map(|j| CString::new(j).expect("no NUL"));
+    // SAFETY: a catalog write in this transaction; a null label deletes it.
+    unsafe {
+        pg_sys::SetSecurityLabel(
+            &address,
+            JOB_PROVIDER.as_ptr(),
+            text.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
+        );
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
+/// Whether a clone's materialization is queued. In a transaction.
+pub fn materialize_job(clone: pg_sys::Oid) -> Option<String> {
+    any_label_of(clone, JOB_PROVIDER)
+}
+
+/// Every clone whose materialization is queued; readable without a
+/// database connection. In a transaction.
+pub fn materialize_jobs() -> Vec<u32> {
+    labels_of("cowclone_job", false)
+        .into_iter()
+        .map(|(database, _)| database)
+        .collect()
+}
+
 /// The lock that orders clone creation against storage drops in a source.
 pub fn lock_source(source: pg_sys::Oid) {
     // SAFETY: a lock on a shared object, released at transaction end. Among
@@ -608,8 +766,17 @@ mod tests {
                 relfilenode: 16390,
                 name: "accounts".into(),
             }],
+            materialized: vec![MaterializedStorage {
+                relfilenode: 16391,
+                xid: 800,
+            }],
         };
-        assert_eq!(CloneRecord::decode(&record.encode()).unwrap(), record);
+        let legacy = CloneRecord {
+            materialized: Vec::new(),
+            ..record.clone()
+        };
+        assert_eq!(CloneRecord::decode(&legacy.encode()).unwrap(), legacy);
+        assert_eq!(from_label(&to_label(&legacy)).unwrap(), legacy);
         assert_eq!(from_label(&to_label(&record)).unwrap(), record);
         assert_eq!(label_source(&to_label(&record)), Some(16384));
         assert!(from_label("cowclone state 1 source 16384 0g").is_err());
@@ -617,7 +784,7 @@ mod tests {
         let other_source = to_label(&record).replace("source 16384", "source 99");
         assert!(from_label(&other_source).is_err());
         assert!(CloneRecord::decode(b"something else").is_err());
-        assert!(CloneRecord::decode(&record.encode()[..12]).is_err());
+        assert!(CloneRecord::decode(&legacy.encode()[..12]).is_err());
     }
 
     #[test]

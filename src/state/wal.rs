@@ -52,6 +52,8 @@ const RMGR_NAME: &CStr = c"cowclone";
 /// its clone point), and a source's pin set by the primary.
 const XLOG_COWCLONE_WITNESS: u8 = 0x10;
 const XLOG_COWCLONE_PIN: u8 = 0x20;
+/// A materialized clone's witness removed: the database is no longer a clone.
+const XLOG_COWCLONE_UNWITNESS: u8 = 0x30;
 
 static mut RMGR: pg_sys::RmgrData = pg_sys::RmgrData {
     rm_name: RMGR_NAME.as_ptr(),
@@ -84,6 +86,12 @@ pub fn log_pin(source: pg_sys::Oid, xmin: Option<u32>) {
     let mut bytes = u32::from(source).to_le_bytes().to_vec();
     bytes.extend(xmin.unwrap_or(0).to_le_bytes());
     insert(XLOG_COWCLONE_PIN, &bytes);
+}
+
+/// WAL-logs the removal of a materialized clone's witness, flushed before
+/// the file goes.
+pub fn log_unwitness(clone: u32) {
+    insert(XLOG_COWCLONE_UNWITNESS, &clone.to_le_bytes());
 }
 
 fn insert(info: u8, bytes: &[u8]) {
@@ -157,6 +165,17 @@ unsafe extern "C-unwind" fn redo(record: *mut pg_sys::XLogReaderState) {
             };
             slot::set_pin_in_recovery(pg_sys::Oid::from(source), xmin, false);
         }
+        XLOG_COWCLONE_UNWITNESS => {
+            let Some(clone) = data.try_into().ok().map(u32::from_le_bytes) else {
+                pgrx::error!("cowclone redo: malformed unwitness record");
+            };
+            if let Err(e) = witness::remove_file(clone) {
+                pgrx::error!(
+                    "cowclone redo: could not remove \"{}\": {e}",
+                    witness::path(clone).display()
+                );
+            }
+        }
         _ => pgrx::error!("cowclone redo: unknown record type {info:#x}"),
     }
 }
@@ -220,8 +239,12 @@ unsafe extern "C-unwind" fn describe(
     record: *mut pg_sys::XLogReaderState,
 ) {
     // SAFETY: PostgreSQL passes the record being described.
-    let (_, data) = unsafe { record_data(record) };
+    let (info, data) = unsafe { record_data(record) };
     let text = match (decode_pin(data), Witness::decode(data)) {
+        _ if info == XLOG_COWCLONE_UNWITNESS && data.len() == 4 => format!(
+            "clone {} materialized, witness removed",
+            u32::from_le_bytes(data.try_into().expect("4 bytes"))
+        ),
         (_, Some(w)) => format!(
             "clone {} of database {}, pin xmin {}, made by {}",
             w.clone, w.source, w.pin_xmin, w.creating_xid
@@ -240,6 +263,7 @@ unsafe extern "C-unwind" fn identify(info: u8) -> *const std::ffi::c_char {
     match info & !(pg_sys::XLR_INFO_MASK as u8) {
         XLOG_COWCLONE_WITNESS => c"WITNESS".as_ptr(),
         XLOG_COWCLONE_PIN => c"PIN".as_ptr(),
+        XLOG_COWCLONE_UNWITNESS => c"UNWITNESS".as_ptr(),
         _ => std::ptr::null(),
     }
 }

@@ -122,6 +122,30 @@ pub fn record(witness: &Witness) -> bool {
     })
 }
 
+/// Removes a witness file (replay, or a materialized clone); absent is fine.
+pub fn remove_file(database: u32) -> std::io::Result<()> {
+    match std::fs::remove_file(path(database)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(database_dir(database))?.sync_all()
+}
+
+/// Removes a materialized clone's witness on the primary: WAL first, then
+/// the file. Before its transaction commits: if it aborts, the record that
+/// stays gets its witness written again by the launcher.
+pub fn remove(database: u32) {
+    crate::state::wal::log_unwitness(database);
+    remove_file(database).unwrap_or_else(|e| {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!("could not remove \"{}\": {e}", path(database).display()),
+        )
+        .raise()
+    })
+}
+
 /// Whether a database's directory holds a witness (of any format: 0.2.0
 /// wrote the source's OID as text).
 pub fn exists(database: pg_sys::Oid) -> bool {

@@ -191,6 +191,54 @@ unsafe fn scan(
     }
 }
 
+/// Every tombstone of one relation (committed, this transaction's and
+/// running ones), for a materialization copying its rows.
+///
+/// # Safety
+/// Inside a transaction.
+pub unsafe fn all_of(relfilenode: pg_sys::Oid) -> Vec<Tombstone> {
+    let mut found = Vec::new();
+    // SAFETY: guaranteed by the caller.
+    unsafe { scan(relfilenode, None, |t| found.push(t)) };
+    found
+}
+
+/// Deletes every tombstone of a relation that no longer reads its source
+/// (its rows were materialized). The caller holds the table's
+/// AccessExclusiveLock, so no writer can add one meanwhile.
+///
+/// # Safety
+/// Inside a transaction that may write.
+pub unsafe fn forget(relfilenode: pg_sys::Oid) -> u64 {
+    let (table, index) = relation_oids();
+    // SAFETY: guaranteed by the caller; every tuple returned is deleted
+    // before the next is fetched.
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::RowExclusiveLock as i32);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            ATT_RELFILENODE,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_OIDEQ),
+            pg_sys::Datum::from(relfilenode),
+        );
+        let sscan = pg_sys::systable_beginscan(rel, index, true, std::ptr::null_mut(), 1, &mut key);
+        let mut deleted = 0;
+        loop {
+            let tuple = pg_sys::systable_getnext(sscan);
+            if tuple.is_null() {
+                break;
+            }
+            pg_sys::simple_heap_delete(rel, &mut (*tuple).t_self);
+            deleted += 1;
+        }
+        pg_sys::systable_endscan(sscan);
+        pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
+        deleted
+    }
+}
+
 /// Every tombstone of `tid` a writer must know of.
 ///
 /// # Safety

@@ -123,9 +123,20 @@ pub const PIN_SECTION: DocsSection = DocsSection {
     end: "<!-- /pin -->",
 };
 
+/// `bench --materialize`'s section.
+pub const MATERIALIZE_SECTION: DocsSection = DocsSection {
+    start: "<!-- materialize: written by `bench --materialize` -->",
+    end: "<!-- /materialize -->",
+};
+
 /// The sections the creation benchmark keeps, in this order, after its own
 /// text when it rewrites the whole file.
-pub const OWNED_SECTIONS: [DocsSection; 3] = [READS_SECTION, WRITES_SECTION, PIN_SECTION];
+pub const OWNED_SECTIONS: [DocsSection; 4] = [
+    READS_SECTION,
+    WRITES_SECTION,
+    PIN_SECTION,
+    MATERIALIZE_SECTION,
+];
 
 impl DocsSection {
     /// This section of `text` (markers included, plus a newline), or

@@ -8,15 +8,18 @@
 //!   `CREATE DATABASE ... TEMPLATE` vs `pg_dump | pg_restore`;
 //! - [`reads`] (`--reads`): reading a clone vs reading its source;
 //! - [`writes`] (`--writes`): writing in a clone vs in a plain copy;
-//! - [`pin`] (`--pin`): what a clone's pin costs other databases and the clone.
+//! - [`pin`] (`--pin`): what a clone's pin costs other databases and the clone;
+//! - [`materialize`] (`--materialize`): materializing a clone vs `TEMPLATE` copies.
 
 pub mod common;
 pub mod creation;
+pub mod materialize;
 pub mod pin;
 pub mod reads;
 pub mod writes;
 
 pub use creation::BenchOptions;
+pub use materialize::MaterializeBenchOptions;
 pub use pin::PinBenchOptions;
 pub use reads::ReadBenchOptions;
 pub use writes::WriteBenchOptions;
@@ -30,6 +33,7 @@ pub enum Benchmark {
     Reads(ReadBenchOptions),
     Writes(WriteBenchOptions),
     Pin(PinBenchOptions),
+    Materialize(MaterializeBenchOptions),
 }
 
 impl Benchmark {
@@ -69,6 +73,7 @@ pub fn run(pg: &PgInstall, benchmark: &Benchmark) -> Result<()> {
         Benchmark::Reads(options) => reads::run(pg, options),
         Benchmark::Writes(options) => writes::run(pg, options),
         Benchmark::Pin(options) => pin::run(pg, options),
+        Benchmark::Materialize(options) => materialize::run(pg, options),
     }
 }
 

@@ -427,3 +427,55 @@ mod shaped {
         }
     }
 }
+
+/// Ends a run of `index_insert` calls on one index, as `ExecCloseIndices`
+/// does: from 17 an AM may keep per-statement insert state (BRIN keeps
+/// buffers pinned) that only `index_insert_cleanup` lets go of.
+///
+/// # Safety
+/// `index` open, `info` the IndexInfo the inserts used.
+pub unsafe fn index_insert_cleanup(index: pg_sys::Relation, info: *mut pg_sys::IndexInfo) {
+    #[cfg(before_pg17)]
+    let _ = (index, info);
+    #[cfg(not(before_pg17))]
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        pg_sys::index_insert_cleanup(index, info)
+    };
+}
+
+/// Deletes from `index` every entry `dead` says is dead (an
+/// `index_bulk_delete` with VACUUM's call shape; 16 added the heap to the
+/// vacuum info).
+///
+/// # Safety
+/// `index` open under ShareUpdateExclusiveLock or stronger, `heap` its table.
+pub unsafe fn bulk_delete_entries(
+    index: pg_sys::Relation,
+    heap: pg_sys::Relation,
+    dead: pg_sys::IndexBulkDeleteCallback,
+) {
+    // SAFETY: a zeroed IndexVacuumInfo is a valid start; every field the
+    // AMs read is set below.
+    unsafe {
+        let mut info: pg_sys::IndexVacuumInfo = std::mem::zeroed();
+        info.index = index;
+        #[cfg(not(before_pg16))]
+        {
+            info.heaprel = heap;
+        }
+        #[cfg(before_pg16)]
+        let _ = heap;
+        info.analyze_only = false;
+        info.report_progress = false;
+        info.estimated_count = true;
+        info.message_level = pg_sys::DEBUG2 as i32;
+        info.num_heap_tuples = -1.0;
+        info.strategy = std::ptr::null_mut();
+        let result =
+            pg_sys::index_bulk_delete(&mut info, std::ptr::null_mut(), dead, std::ptr::null_mut());
+        if !result.is_null() {
+            pg_sys::pfree(result.cast());
+        }
+    }
+}

@@ -22,6 +22,18 @@ unsafe extern "C" {
         tid: pg_sys::ItemPointer,
         blkno: pg_sys::BlockNumber,
     );
+    fn TransferPredicateLocksToHeapRelation(relation: pg_sys::Relation);
+}
+
+/// Turns every serializable read lock on a table's rows and pages into one
+/// on the table, as CLUSTER does before its rows move (the same for every
+/// major).
+///
+/// # Safety
+/// `rel` must be open under a lock that keeps its rows from being read.
+pub unsafe fn transfer_predicate_locks_to_relation(rel: pg_sys::Relation) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| TransferPredicateLocksToHeapRelation(rel)) }
 }
 
 /// Takes a serializable transaction's relation-level read lock, as heapam

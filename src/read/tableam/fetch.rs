@@ -85,6 +85,7 @@ pub(super) unsafe extern "C-unwind" fn tuple_fetch_row_version(
     // SAFETY: PostgreSQL passes a valid relation, TID and buffer slot.
     unsafe {
         let TidSpace::Source(block) = tid::tid_space(&*tid) else {
+            clone_view::refuse_snapshot_before_materialization(rel, snapshot);
             let fetch = heap().tuple_fetch_row_version.expect("heapam fetches");
             return pg_call!(fetch(rel, tid, snapshot, slot));
         };
@@ -180,6 +181,9 @@ pub(super) struct CowIndexFetch {
     pub(super) buffer: pg_sys::Buffer,
     pub(super) block: u32,
     pub(super) local: *mut pg_sys::IndexFetchTableData,
+    /// The relation no longer reads its source since this transaction
+    /// materialized it: snapshots that do not see it are refused.
+    pub(super) materialized: bool,
 }
 
 impl CowIndexFetch {
@@ -203,6 +207,9 @@ pub(super) unsafe extern "C-unwind" fn index_fetch_begin(
         let fetch = pg_sys::palloc0(std::mem::size_of::<CowIndexFetch>()) as *mut CowIndexFetch;
         (*fetch).base.rel = rel;
         std::ptr::write(&mut (*fetch).source, source);
+        (*fetch).materialized = source.is_none()
+            && clone_view::current()
+                .is_some_and(|view| view.materialized_by(compat::relfilenode_of(rel)).is_some());
         (*fetch).buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
         let begin = heap().index_fetch_begin.expect("heapam fetches");
         (*fetch).local = pg_call!(begin(rel));
@@ -250,8 +257,11 @@ pub(super) unsafe extern "C-unwind" fn index_fetch_tuple(
     unsafe {
         let fetch = &mut *(scan as *mut CowIndexFetch);
         let TidSpace::Source(block) = tid::tid_space(&*tid) else {
+            if fetch.materialized {
+                clone_view::refuse_snapshot_before_materialization(fetch.base.rel, snapshot);
+            }
             let fetch_tuple = heap().index_fetch_tuple.expect("heapam fetches");
-            return pg_call!(fetch_tuple(
+            let found = pg_call!(fetch_tuple(
                 fetch.local,
                 tid,
                 snapshot,
@@ -259,6 +269,18 @@ pub(super) unsafe extern "C-unwind" fn index_fetch_tuple(
                 call_again,
                 all_dead
             ));
+            // A dirty snapshot (unique and exclusion checks) reports a
+            // running inserter as xmin. A row a materialization is copying
+            // in is a source row the check already judged in the source
+            // part: waiting for the copier would only deadlock with it.
+            let dirty = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+            if found && dirty && fetch.source.is_some() && jobs::is_copying((*snapshot).xmin) {
+                (*snapshot).xmin = pg_sys::InvalidTransactionId;
+                (*snapshot).xmax = pg_sys::InvalidTransactionId;
+                *call_again = false;
+                return false;
+            }
+            return found;
         };
         *call_again = false;
         if !all_dead.is_null() {

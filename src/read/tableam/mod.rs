@@ -26,6 +26,7 @@ use crate::pg::relation::relation_name;
 use crate::pg::relcopy::RelationCopy;
 use crate::read::clone_view;
 use crate::read::heap_page::{self, PageSource, MAX_TUPLES_PER_PAGE};
+use crate::state::jobs;
 use crate::state::tid::{self, TidSpace};
 use crate::write::claim::{self, Claim, LocalSizing, Operation};
 use crate::write::tombstone::{self, Verdict};

@@ -337,6 +337,8 @@ pub(super) unsafe extern "C-unwind" fn scan_begin(
     // SAFETY: PostgreSQL passes a valid, open relation.
     let source = unsafe { source_of(rel) };
     if source.is_none() {
+        // SAFETY: a valid relation and the scan's snapshot.
+        unsafe { clone_view::refuse_snapshot_before_materialization(rel, snapshot) };
         let begin = heap().scan_begin.expect("heapam scans");
         return pg_call!(begin(rel, snapshot, nkeys, key, pscan, flags));
     }
