@@ -115,8 +115,9 @@ fn storage_a_clone_reads_cannot_be_dropped_or_rewritten() {
         assert!(
             db.hint()
                 .unwrap_or_default()
-                .contains("DROP DATABASE staging"),
-            "{sql}"
+                .contains("cow.materialize('staging')"),
+            "{sql}: {:?}",
+            db.hint()
         );
     }
     assert_eq!(

@@ -886,3 +886,202 @@ fn materialize_refuses_what_it_cannot_do() {
         ["materialized"]
     );
 }
+
+/// Everything a materialization writes reaches a streaming standby through
+/// WAL (page copies, deleters, catalog changes, the witness's removal): the
+/// standby answers the same in the materialized database, which has no
+/// witness there, and the standby's slot for the source goes.
+#[test]
+fn a_standby_follows_a_materialization() {
+    let primary = source_with_rich_schema();
+    let mut apps = app_tables(&primary, "prod");
+    apps.retain(|t| t != "app.scratch"); // unlogged: empty on a standby
+    primary
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    primary
+        .psql(
+            "staging",
+            "UPDATE app.everything SET label = 'clone ' || id WHERE id % 5 = 0; DELETE FROM pgbench_accounts WHERE aid % 7 = 0",
+        )
+        .unwrap();
+    let config = pg_test::cluster::ClusterConfig::for_tests().unwrap();
+    let mut standby = primary.base_backup(config, true).unwrap();
+    standby.start().unwrap();
+    primary.wait_for_replay(&standby).unwrap();
+    // A write while the materialization runs, so a deleter is applied by
+    // the passes (generic WAL) and not only when a page is copied.
+    primary
+        .psql(
+            "postgres",
+            "ALTER SYSTEM SET cow.materialize_rate_limit = 10",
+        )
+        .unwrap();
+    primary.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    primary
+        .psql(
+            "postgres",
+            "SELECT cow.materialize('staging', wait => false)",
+        )
+        .unwrap();
+    wait_until(
+        "the copy of pgbench_accounts",
+        Duration::from_secs(60),
+        || {
+            rows(
+                &primary,
+                "postgres",
+                "SELECT relation FROM cow.materialize_progress WHERE clone = 'staging'",
+            ) == ["pgbench_accounts"]
+        },
+    );
+    primary
+        .psql(
+            "staging",
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 1",
+        )
+        .unwrap();
+    primary
+        .psql("postgres", "ALTER SYSTEM RESET cow.materialize_rate_limit")
+        .unwrap();
+    primary.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    wait_until("the materialization", Duration::from_secs(120), || {
+        rows(
+            &primary,
+            "postgres",
+            "SELECT status FROM cow.clones WHERE clone = 'staging'",
+        ) == ["materialized"]
+    });
+    let expected = all_contents(&primary, "staging", &apps);
+    let accounts = contents(&primary, "staging", "pgbench_accounts", "");
+    wait_until("the source's pin to go", Duration::from_secs(30), || {
+        rows(
+            &primary,
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots",
+        ) == ["0"]
+    });
+    primary.psql("postgres", "CHECKPOINT").unwrap();
+    primary.wait_for_replay(&standby).unwrap();
+    assert_same_contents(
+        &all_contents(&standby, "staging", &apps),
+        &expected,
+        "on the standby",
+    );
+    assert_eq!(
+        contents(&standby, "staging", "pgbench_accounts", ""),
+        accounts
+    );
+    assert_eq!(
+        contents(
+            &standby,
+            "staging",
+            "pgbench_accounts",
+            "SET enable_seqscan = off;"
+        ),
+        accounts
+    );
+    assert!(cow_relations(&standby, "staging").is_empty());
+    let oid = rows(
+        &standby,
+        "postgres",
+        "SELECT oid FROM pg_database WHERE datname = 'staging'",
+    )
+    .remove(0);
+    assert!(!standby
+        .data_dir()
+        .join("base")
+        .join(&oid)
+        .join("cowclone_clone")
+        .exists());
+    wait_until("the standby's slot to go", Duration::from_secs(30), || {
+        rows(
+            &standby,
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots",
+        ) == ["0"]
+    });
+    // Promoted, it is an ordinary database there too.
+    standby.promote().unwrap();
+    standby
+        .psql(
+            "staging",
+            "UPDATE pgbench_accounts SET abalance = 0 WHERE aid = 2",
+        )
+        .unwrap();
+    assert_eq!(amcheck_problems(&standby, "staging"), Vec::<String>::new());
+}
+
+/// With every worker slot taken, a waiting cow.materialize fails with
+/// 53400 and a queued job waits; it starts by itself once a slot frees.
+#[test]
+fn a_queued_materialization_waits_for_a_worker_slot() {
+    // The logical replication launcher, cowclone's launcher and one pin
+    // holder per source fill four slots.
+    let cluster =
+        start_test_cluster(|c| c.settings.push("max_worker_processes = 4".into())).unwrap();
+    cluster
+        .psql("postgres", "CREATE EXTENSION cowclone")
+        .unwrap();
+    for db in ["prod", "other"] {
+        cluster
+            .psql("postgres", &format!("CREATE DATABASE {db}"))
+            .unwrap();
+        cluster
+            .psql(db, "CREATE EXTENSION cowclone; CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+            .unwrap();
+    }
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    cluster
+        .psql("other", "SELECT cow.clone('other', 'other_clone')")
+        .unwrap();
+    common::holder_of(&cluster, "prod");
+    common::holder_of(&cluster, "other");
+    let mut client = cluster.connect("postgres").unwrap();
+    let refused = client
+        .batch_execute("SELECT cow.materialize('staging')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused), "53400", "{refused}");
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT status FROM cow.materialize('staging', wait => false)"
+        ),
+        ["queued"]
+    );
+    wait_until("the launcher's warning", Duration::from_secs(30), || {
+        cluster
+            .log()
+            .contains("could not start the materializer of database")
+    });
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT status FROM cow.clones WHERE clone = 'staging'"
+        ),
+        ["materializing"]
+    );
+    // Dropping other's only clone ends its holder: a slot frees.
+    cluster
+        .psql("postgres", "DROP DATABASE other_clone")
+        .unwrap();
+    wait_until(
+        "the queued materialization",
+        Duration::from_secs(60),
+        || {
+            rows(
+                &cluster,
+                "postgres",
+                "SELECT status FROM cow.clones WHERE clone = 'staging'",
+            ) == ["materialized"]
+        },
+    );
+    assert_eq!(
+        rows(&cluster, "staging", "SELECT count(*), sum(id) FROM t"),
+        ["1000|500500"]
+    );
+}
