@@ -43,6 +43,8 @@ fn debian_packages_for(pg: &PgInstall) -> Vec<String> {
             format!("postgresql-{}", pg.major),
             format!("postgresql-server-dev-{}", pg.major),
             format!("postgresql-client-{}", pg.major),
+            // The storage-swap test runs the real pg_repack where Debian has it.
+            format!("postgresql-{}-repack", pg.major),
         ],
         Origin::Wheel { .. } => ["unzip", "npm", "postgresql-common"]
             .iter()

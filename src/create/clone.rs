@@ -689,6 +689,14 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
             })
             .collect(),
         materialized: Vec::new(),
+        owners: relations
+            .iter()
+            .filter(|r| {
+                catalog_copy::is_shadowed(r.oid, r.kind, r.persistence, r.namespace)
+                    && r.relfilenode != 0
+            })
+            .map(|r| (r.relfilenode, r.oid))
+            .collect(),
     });
     if pin == PinTaken::Created {
         slot::persist_acquired();

@@ -64,7 +64,110 @@ pub fn install() {
     // any backend exists; backends inherit the callback and the hook.
     unsafe {
         pg_sys::RegisterXactCallback(Some(check_storage_at_commit), std::ptr::null_mut());
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(note_invalidated_relation),
+            pg_sys::Datum::from(0),
+        );
     }
+}
+
+thread_local! {
+    /// Relations whose relation cache entries this backend invalidated in
+    /// the running transaction (its own changes, at each command's end, and
+    /// others' it received): the candidates for a storage swap.
+    static INVALIDATED: std::cell::RefCell<Vec<pg_sys::Oid>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn note_invalidated_relation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid != pg_sys::InvalidOid {
+        INVALIDATED.with(|i| i.borrow_mut().push(relid));
+    }
+}
+
+/// Relations whose `pg_class` row this transaction changed, with their
+/// relfilenode now.
+fn relfilenodes_changed_here() -> Vec<(u32, u32)> {
+    let mut candidates = INVALIDATED.with(|i| std::mem::take(&mut *i.borrow_mut()));
+    candidates.sort_unstable_by_key(|o| u32::from(*o));
+    candidates.dedup();
+    candidates
+        .into_iter()
+        .filter_map(|relid| {
+            // SAFETY: a syscache lookup in the committing transaction; the
+            // row is read before it is released.
+            unsafe {
+                let tuple = pg_sys::SearchSysCache1(
+                    pg_sys::SysCacheIdentifier::RELOID as i32,
+                    pg_sys::Datum::from(relid),
+                );
+                if tuple.is_null() {
+                    return None;
+                }
+                let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
+                let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tuple);
+                let relfilenode = u32::from(form.relfilenode);
+                pg_sys::ReleaseSysCache(tuple);
+                pg_sys::TransactionIdIsCurrentTransactionId(xmin)
+                    .then_some((u32::from(relid), relfilenode))
+            }
+        })
+        .collect()
+}
+
+/// Refuses a commit that gives a relation a clone reads another storage
+/// while its own stays (what pg_repack's swap does): no file is dropped, so
+/// the pending-delete check does not see it, but the relation would no
+/// longer be where the clone reads it, and the old file would be dropped
+/// later under another relation's name.
+fn refuse_swapped_storage(this_database: pg_sys::Oid) {
+    let changed = relfilenodes_changed_here();
+    if changed.is_empty() {
+        return;
+    }
+    let mut clones = Vec::new();
+    let mut relations = Vec::new();
+    for (clone, record) in clones_of(this_database) {
+        let hits: Vec<String> = record
+            .owners
+            .iter()
+            .filter(|(relfilenode, owner)| {
+                changed
+                    .iter()
+                    .any(|(relid, now)| relid == owner && now != relfilenode && *now != 0)
+            })
+            .filter_map(|(relfilenode, _)| {
+                record
+                    .shadowed
+                    .iter()
+                    .find(|s| s.relfilenode == *relfilenode)
+                    .map(|s| s.name.clone())
+            })
+            .collect();
+        if !hits.is_empty() {
+            clones.push(clone);
+            relations.extend(hits);
+        }
+    }
+    if clones.is_empty() {
+        return;
+    }
+    relations.sort();
+    relations.dedup();
+    CowError::new(
+        PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+        format!(
+            "cannot give {} other storage because clone {} still reads it",
+            list(&relations),
+            list(&clones)
+        ),
+    )
+    .detail("A clone reads its source's files as of its clone point; this transaction swaps a relation's files for others', as pg_repack does before dropping the old ones.")
+    .hint(format!(
+        "Materialize the clone first (SELECT cow.materialize('{}')), which makes it stop reading this database, or drop it.",
+        clones[0]
+    ))
+    .raise()
 }
 
 fn database_name(oid: u32) -> Option<String> {
@@ -111,6 +214,7 @@ unsafe extern "C-unwind" fn check_storage_at_commit(
 ) {
     if event == pg_sys::XactEvent::XACT_EVENT_COMMIT || event == pg_sys::XactEvent::XACT_EVENT_ABORT
     {
+        INVALIDATED.with(|i| i.borrow_mut().clear());
         // SAFETY: backend-local state of this single-threaded backend.
         let dropped_clone_of = unsafe { (&raw mut WAKE_AT_END).replace(None) };
         if let Some(source) = dropped_clone_of {
@@ -122,12 +226,15 @@ unsafe extern "C-unwind" fn check_storage_at_commit(
     if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT {
         return;
     }
-    let dropped = storage_dropped_at_commit();
-    if dropped.is_empty() {
-        return;
-    }
     // SAFETY: MyDatabaseId is set for the life of a connected backend.
     let this_database = unsafe { pg_sys::MyDatabaseId };
+    let dropped = storage_dropped_at_commit();
+    if dropped.is_empty() {
+        if this_database != pg_sys::InvalidOid {
+            refuse_swapped_storage(this_database);
+        }
+        return;
+    }
     record::lock_source(this_database);
     let mut clones = Vec::new();
     let mut relations = Vec::new();
@@ -144,6 +251,7 @@ unsafe extern "C-unwind" fn check_storage_at_commit(
         }
     }
     if clones.is_empty() {
+        refuse_swapped_storage(this_database);
         return;
     }
     relations.sort();

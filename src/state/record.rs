@@ -82,10 +82,23 @@ pub struct CloneRecord {
     /// Storage in the source this clone reads (pg_default tablespace).
     pub shadowed: Vec<ShadowedStorage>,
     /// Relations already made the clone's own, and by which transaction
-    /// (encoded after the record, so 0.3.0's library, which ignores
-    /// trailing bytes, still reads the rest).
+    /// (encoded after the record, in `Trailer`, so 0.3.0's library, which
+    /// ignores trailing bytes, still reads the rest).
     #[serde(skip)]
     pub materialized: Vec<MaterializedStorage>,
+    /// The source relation that owned each shadowed relfilenode at the
+    /// clone point: (relfilenode, relation OID). Empty for clones made
+    /// before 0.4.0. Lets the source guard see a relation's storage swapped
+    /// for another's (pg_repack) although no file is dropped.
+    #[serde(skip)]
+    pub owners: Vec<(u32, u32)>,
+}
+
+/// What 0.4.0 encodes after the record.
+#[derive(Default, Serialize, Deserialize)]
+struct Trailer {
+    materialized: Vec<MaterializedStorage>,
+    owners: Vec<(u32, u32)>,
 }
 
 /// A relation of the clone that no longer reads its source: its rows were
@@ -146,8 +159,12 @@ fn unhex(hex: &str) -> Result<Vec<u8>, String> {
 /// once some relation is materialized, of that list after it).
 fn to_label(record: &CloneRecord) -> String {
     let mut body = postcard::to_allocvec(record).expect("a record always serializes");
-    if !record.materialized.is_empty() {
-        body.extend(postcard::to_allocvec(&record.materialized).expect("a list serializes"));
+    if !record.materialized.is_empty() || !record.owners.is_empty() {
+        let trailer = Trailer {
+            materialized: record.materialized.clone(),
+            owners: record.owners.clone(),
+        };
+        body.extend(postcard::to_allocvec(&trailer).expect("a trailer serializes"));
     }
     format!("{LABEL_PREFIX}source {} {}", record.source, hex(&body))
 }
@@ -169,7 +186,9 @@ fn from_label(label: &str) -> Result<CloneRecord, String> {
     let (mut record, rest): (CloneRecord, &[u8]) =
         postcard::take_from_bytes(&body).map_err(|e| e.to_string())?;
     if !rest.is_empty() {
-        record.materialized = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+        let trailer: Trailer = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+        record.materialized = trailer.materialized;
+        record.owners = trailer.owners;
     }
     if record.source != source {
         return Err("the label's source and its record disagree".into());
@@ -770,9 +789,11 @@ mod tests {
                 relfilenode: 16391,
                 xid: 800,
             }],
+            owners: vec![(16390, 16388)],
         };
         let legacy = CloneRecord {
             materialized: Vec::new(),
+            owners: Vec::new(),
             ..record.clone()
         };
         assert_eq!(CloneRecord::decode(&legacy.encode()).unwrap(), legacy);

@@ -516,6 +516,9 @@ pub(super) unsafe fn materialize_table(
         record
             .shadowed
             .retain(|s| !no_longer_shadowed.contains(&s.relfilenode));
+        record
+            .owners
+            .retain(|(relfilenode, _)| !no_longer_shadowed.contains(relfilenode));
         for part in &parts {
             record.materialized.push(MaterializedStorage {
                 relfilenode: u32::from(part.relfilenode),
