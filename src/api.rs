@@ -19,7 +19,7 @@ pub mod cow {
     use crate::pg::preload;
     use crate::pin::age::{self, Scope};
     use crate::pin::slot;
-    use crate::state::record;
+    use crate::state::{lineage, record};
 
     fn timestamp(raw: i64) -> TimestampWithTimeZone {
         TimestampWithTimeZone::try_from(raw).expect("timestamps cowclone records are finite")
@@ -267,7 +267,7 @@ pub mod cow {
                 |(clone, source, source_name, depth, lsn, time, created, pin, pin_age, state)| {
                     let job = crate::state::jobs::get(u32::from(clone))
                         .filter(|j| j.pid != 0 && !j.phase.is_over() && j.bytes_total > 0);
-                    let queued = record::materialize_job(clone).is_some();
+                    let queued = lineage::job(clone).is_some();
                     (
                         clone,
                         source,
@@ -286,7 +286,7 @@ pub mod cow {
                 },
             )
             .collect();
-        for l in record::lineages() {
+        for l in lineage::all() {
             rows.push((
                 pg_sys::Oid::from(l.clone),
                 pg_sys::Oid::from(l.source),

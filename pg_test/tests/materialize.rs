@@ -1085,3 +1085,92 @@ fn a_queued_materialization_waits_for_a_worker_slot() {
         ["1000|500500"]
     );
 }
+
+/// A materializer that is terminated (pg_terminate_backend) is started
+/// again by the launcher, which resumes the job where the catalog says it
+/// is; the clone ends exact.
+#[test]
+fn a_terminated_materializer_is_resumed() {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster
+        .psql("postgres", "CREATE EXTENSION cowclone")
+        .unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql(
+            "prod",
+            "CREATE EXTENSION cowclone; CREATE TABLE a (id int PRIMARY KEY, pad text); \
+             INSERT INTO a SELECT g, repeat('a', 200) FROM generate_series(1, 60000) g; \
+             CREATE TABLE b AS SELECT * FROM a;",
+        )
+        .unwrap();
+    cluster
+        .psql("prod", "SELECT cow.clone('prod', 'staging')")
+        .unwrap();
+    cluster
+        .psql("staging", "UPDATE a SET pad = 'written' WHERE id % 10 = 0")
+        .unwrap();
+    let expected = (
+        contents(&cluster, "staging", "a", ""),
+        contents(&cluster, "staging", "b", ""),
+    );
+    cluster
+        .psql(
+            "postgres",
+            "ALTER SYSTEM SET cow.materialize_rate_limit = 2",
+        )
+        .unwrap();
+    cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    cluster
+        .psql(
+            "postgres",
+            "SELECT cow.materialize('staging', wait => false)",
+        )
+        .unwrap();
+    let worker = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'cowclone materializer for ' || (SELECT oid FROM pg_database WHERE datname = 'staging')";
+    let mut first = Vec::new();
+    wait_until("the materializer", Duration::from_secs(30), || {
+        first = rows(&cluster, "postgres", worker);
+        !first.is_empty()
+            && rows(
+                &cluster,
+                "postgres",
+                "SELECT blocks_done > 10 FROM cow.materialize_progress WHERE clone = 'staging'",
+            ) == ["t"]
+    });
+    cluster
+        .psql(
+            "postgres",
+            &format!("SELECT pg_terminate_backend({})", first[0]),
+        )
+        .unwrap();
+    let mut second = Vec::new();
+    wait_until("a new materializer", Duration::from_secs(30), || {
+        second = rows(&cluster, "postgres", worker);
+        !second.is_empty() && second != first
+    });
+    cluster
+        .psql("postgres", "ALTER SYSTEM RESET cow.materialize_rate_limit")
+        .unwrap();
+    cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    wait_until(
+        "the resumed materialization",
+        Duration::from_secs(120),
+        || {
+            rows(
+                &cluster,
+                "postgres",
+                "SELECT status FROM cow.clones WHERE clone = 'staging'",
+            ) == ["materialized"]
+        },
+    );
+    assert_eq!(
+        (
+            contents(&cluster, "staging", "a", ""),
+            contents(&cluster, "staging", "b", "")
+        ),
+        expected
+    );
+    assert!(cow_relations(&cluster, "staging").is_empty());
+    assert_eq!(amcheck_problems(&cluster, "staging"), Vec::<String>::new());
+}

@@ -21,7 +21,7 @@ use pgrx::PgSqlErrorCode;
 use crate::lifecycle::{holder, materialize, reconcile};
 use crate::pg::error::CowError;
 use crate::pin::slot;
-use crate::state::{jobs, record, wal, witness};
+use crate::state::{jobs, lineage, record, wal, witness};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -72,7 +72,7 @@ impl Launcher {
     /// Starts a materializer for every queued job nobody runs: one queued
     /// without waiting, or one whose worker was ended before it finished.
     fn resume_materializations(&mut self) {
-        let queued = BackgroundWorker::transaction(record::materialize_jobs);
+        let queued = BackgroundWorker::transaction(lineage::jobs);
         // SAFETY: this process's pid, for start and stop notices.
         let me = unsafe { pg_sys::MyProcPid };
         for &clone in &queued {
@@ -105,7 +105,7 @@ impl Launcher {
         self.resume_materializations();
         // A materialization commits the lineage, then removes the witness:
         // a crash in between leaves one behind.
-        for clone in BackgroundWorker::transaction(record::materialized_without_database) {
+        for clone in BackgroundWorker::transaction(lineage::materialized_without_database) {
             if witness::exists(pg_sys::Oid::from(clone)) {
                 witness::remove(clone);
                 pgrx::log!("cowclone: removed the witness of materialized database {clone}");

@@ -9,6 +9,7 @@
 //! May use: `pg`, `pin`.
 
 pub mod jobs;
+pub mod lineage;
 pub mod record;
 pub mod tid;
 pub mod wal;

@@ -43,18 +43,11 @@ use crate::state::witness::{self, Witness};
 const MAGIC: &[u8; 8] = b"COWCLON2";
 const STATE_DIR: &str = "pg_cowclone";
 /// The label provider the records are stored under.
-const PROVIDER: &CStr = c"cowclone";
+pub(super) const PROVIDER: &CStr = c"cowclone";
 /// A record's label: this prefix, `source <oid> `, then the encoded record
 /// in hex. The source in clear lets one source's records be found without
 /// decoding every other.
 const LABEL_PREFIX: &str = "cowclone state 1 ";
-/// What a materialized clone keeps of its lineage, in the same label once
-/// it is no longer a clone: `cowclone lineage 1 source <oid> <hex>`.
-const LINEAGE_PREFIX: &str = "cowclone lineage 1 ";
-/// A queued materialization is a second label, of its own provider, so it
-/// is always stored inline: the launcher, which cannot read labels stored
-/// out of line, must find every job to resume it.
-const JOB_PROVIDER: &CStr = c"cowclone_job";
 /// pg_shseclabel (not in pgrx's bindings) and its columns, 1-based.
 const SHARED_SECURITY_LABEL_RELATION_ID: pg_sys::Oid = pg_sys::Oid::from_u32(3592);
 const ANUM_OBJOID: usize = 1;
@@ -110,19 +103,6 @@ pub struct MaterializedStorage {
     pub xid: u32,
 }
 
-/// What a materialized database remembers: it was a clone of `source` at
-/// `point`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lineage {
-    pub clone: u32,
-    pub source: u32,
-    pub source_name: String,
-    pub depth: u32,
-    pub point: ClonePoint,
-    pub created_at: i64,
-    pub materialized_at: i64,
-}
-
 impl CloneRecord {
     /// The encoding of 0.2.0's record files (read by `decode`).
     #[cfg(test)]
@@ -140,11 +120,11 @@ impl CloneRecord {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(hex: &str) -> Result<Vec<u8>, String> {
+pub(super) fn unhex(hex: &str) -> Result<Vec<u8>, String> {
     if !hex.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
@@ -250,7 +230,7 @@ fn write_file(path: &std::path::Path, contents: &[u8]) {
         .unwrap_or_else(|e| io_error("fsync directory", &dir, e));
 }
 
-fn database_address(database: pg_sys::Oid) -> pg_sys::ObjectAddress {
+pub(super) fn database_address(database: pg_sys::Oid) -> pg_sys::ObjectAddress {
     pg_sys::ObjectAddress {
         classId: pg_sys::DatabaseRelationId,
         objectId: database,
@@ -362,7 +342,7 @@ pub fn has_label(database: pg_sys::Oid) -> bool {
 }
 
 /// A database's cowclone label of any kind (record or lineage). In a transaction.
-fn any_label_of(database: pg_sys::Oid, provider: &CStr) -> Option<String> {
+pub(super) fn any_label_of(database: pg_sys::Oid, provider: &CStr) -> Option<String> {
     let address = database_address(database);
     // SAFETY: a catalog read in a transaction; a palloc'd string or null.
     let label = unsafe { pg_sys::GetSecurityLabel(&address, provider.as_ptr()) };
@@ -474,7 +454,7 @@ fn labels(detoast: bool) -> Vec<(u32, Option<String>)> {
 }
 
 /// Every label of `provider` on a database, as `labels` reads them.
-fn labels_of(provider: &str, detoast: bool) -> Vec<(u32, Option<String>)> {
+pub(super) fn labels_of(provider: &str, detoast: bool) -> Vec<(u32, Option<String>)> {
     let mut found = Vec::new();
     // SAFETY: a heap scan of a shared catalog with a catalog snapshot, in a
     // transaction; each tuple is deformed with the catalog's own descriptor
@@ -654,93 +634,6 @@ pub fn oldest_clone_point<'a>(
 /// changed), in this transaction.
 pub fn update(record: &CloneRecord) {
     set_label(record);
-}
-
-/// Replaces a materialized clone's record by its lineage, in this
-/// transaction: the database is no longer a clone.
-pub fn replace_by_lineage(record: &CloneRecord) {
-    let lineage = Lineage {
-        clone: record.clone,
-        source: record.source,
-        source_name: record.source_name.clone(),
-        depth: record.depth,
-        point: record.point.clone(),
-        created_at: record.created_at,
-        // SAFETY: reads the clock.
-        materialized_at: unsafe { pg_sys::GetCurrentTimestamp() },
-    };
-    let body = postcard::to_allocvec(&lineage).expect("a lineage serializes");
-    let label = format!("{LINEAGE_PREFIX}source {} {}", lineage.source, hex(&body));
-    let label = CString::new(label).expect("hex has no NUL");
-    let address = database_address(pg_sys::Oid::from(record.clone));
-    // SAFETY: a catalog write in this transaction on an existing database.
-    unsafe {
-        pg_sys::SetSecurityLabel(&address, PROVIDER.as_ptr(), label.as_ptr());
-        pg_sys::CommandCounterIncrement();
-    }
-}
-
-fn lineage_from_label(label: &str) -> Result<Lineage, String> {
-    let hex = label
-        .strip_prefix(LINEAGE_PREFIX)
-        .and_then(|rest| rest.rsplit(' ').next())
-        .ok_or("not a cowclone lineage")?;
-    postcard::from_bytes(&unhex(hex)?).map_err(|e| e.to_string())
-}
-
-/// Every materialized database's lineage (whose database still exists: the
-/// label goes with it). In a transaction.
-pub fn lineages() -> Vec<Lineage> {
-    labels_of("cowclone", true)
-        .into_iter()
-        .filter_map(|(_, label)| label)
-        .filter(|l| l.starts_with(LINEAGE_PREFIX))
-        .filter_map(|l| lineage_from_label(&l).ok())
-        .collect()
-}
-
-/// Databases that were clones and are materialized, as a process without a
-/// database connection reads them (a lineage label is always inline).
-pub fn materialized_without_database() -> Vec<u32> {
-    labels_of("cowclone", false)
-        .into_iter()
-        .filter(|(_, label)| {
-            label
-                .as_deref()
-                .is_some_and(|l| l.starts_with(LINEAGE_PREFIX))
-        })
-        .map(|(database, _)| database)
-        .collect()
-}
-
-/// Queues (or, with None, ends) the materialization of a clone, in this
-/// transaction: a label of its own provider, always inline.
-pub fn set_materialize_job(clone: pg_sys::Oid, job: Option<&str>) {
-    let address = database_address(clone);
-    let text = job.map(|j| CString::new(j).expect("no NUL"));
-    // SAFETY: a catalog write in this transaction; a null label deletes it.
-    unsafe {
-        pg_sys::SetSecurityLabel(
-            &address,
-            JOB_PROVIDER.as_ptr(),
-            text.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
-        );
-        pg_sys::CommandCounterIncrement();
-    }
-}
-
-/// Whether a clone's materialization is queued. In a transaction.
-pub fn materialize_job(clone: pg_sys::Oid) -> Option<String> {
-    any_label_of(clone, JOB_PROVIDER)
-}
-
-/// Every clone whose materialization is queued; readable without a
-/// database connection. In a transaction.
-pub fn materialize_jobs() -> Vec<u32> {
-    labels_of("cowclone_job", false)
-        .into_iter()
-        .map(|(database, _)| database)
-        .collect()
 }
 
 /// The lock that orders clone creation against storage drops in a source.

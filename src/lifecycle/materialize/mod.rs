@@ -35,7 +35,7 @@ use crate::pg::failpoint;
 use crate::pg::page::BLCKSZ;
 use crate::pin::slot;
 use crate::state::jobs::{self, Phase};
-use crate::state::{record, witness};
+use crate::state::{lineage, record, witness};
 
 /// How long one attempt at a table's switch lock waits before letting the
 /// readers queued behind it through (and trying again).
@@ -266,8 +266,8 @@ struct Done {
 fn run(clone: pg_sys::Oid) -> Done {
     let started = in_transaction(|| {
         let record = record::read_record(clone)?;
-        if record::materialize_job(clone).is_none() {
-            record::set_materialize_job(clone, Some(&format!("requested {}", now())));
+        if lineage::job(clone).is_none() {
+            lineage::set_job(clone, Some(&format!("requested {}", now())));
         }
         let tables = candidate_tables();
         let bytes = shadowed_bytes(&record);
@@ -357,8 +357,8 @@ fn finish(clone: pg_sys::Oid, pace: &mut Pace) {
             ))
             .raise();
         }
-        record::replace_by_lineage(&record);
-        record::set_materialize_job(clone, None);
+        lineage::replace_record(&record);
+        lineage::set_job(clone, None);
         failpoint::reached("materialize_finish");
         Some(pg_sys::Oid::from(record.source))
     });
@@ -507,7 +507,11 @@ unsafe extern "C-unwind" fn on_worker_exit(_code: std::ffi::c_int, arg: pg_sys::
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn cowclone_materializer_main(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // A terminated materializer ends at its next page with FATAL, leaving
+    // the job queued (the launcher resumes it); a cancel (SIGINT) cancels it.
+    // SAFETY: before any work.
+    unsafe { crate::pg::compat::terminate_at_interrupt_checks() };
     let clone = pg_sys::Oid::from(arg.value() as u32);
     // SAFETY: called once, first; a clone that does not allow connections
     // can still be materialized.
@@ -559,7 +563,7 @@ pub extern "C-unwind" fn cowclone_materializer_main(arg: pg_sys::Datum) {
             let cancelled = code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED;
             // A failed or cancelled job is not resumed: its queue entry goes.
             PgTryBuilder::new(|| {
-                in_transaction(|| record::set_materialize_job(clone, None));
+                in_transaction(|| lineage::set_job(clone, None));
             })
             .catch_others(|_| {
                 // SAFETY: as above.

@@ -12,7 +12,7 @@ use crate::create::clone::{database_oid, with_database_row};
 use crate::pg::error::CowError;
 use crate::pg::preload;
 use crate::state::jobs::{self, Phase};
-use crate::state::record;
+use crate::state::{lineage, record};
 
 /// What `cow.materialize` returns.
 pub struct Outcome {
@@ -66,10 +66,7 @@ pub fn materialize(name: &str, wait: bool) -> Outcome {
     unsafe { pg_sys::PreventInTransactionBlock(true, c"cow.materialize()".as_ptr()) };
     let clone = owned_database(name, "materialize");
     if record::read_record(clone).is_none() {
-        if record::lineages()
-            .iter()
-            .any(|l| l.clone == u32::from(clone))
-        {
+        if lineage::all().iter().any(|l| l.clone == u32::from(clone)) {
             pgrx::notice!("database \"{name}\" is materialized already");
             return Outcome {
                 status: "materialized",
@@ -95,8 +92,8 @@ pub fn materialize(name: &str, wait: bool) -> Outcome {
         .raise();
     }
     if !wait {
-        if record::materialize_job(clone).is_none() {
-            record::set_materialize_job(clone, Some(&format!("requested {}", now())));
+        if lineage::job(clone).is_none() {
+            lineage::set_job(clone, Some(&format!("requested {}", now())));
         }
         return Outcome {
             status: "queued",
@@ -160,7 +157,7 @@ fn wait_for(clone: pg_sys::Oid, since: i64) -> jobs::Job {
             Some(j) if j.phase.is_over() => return j,
             Some(j) if j.pid != 0 => {}
             // Its worker went without ending it (terminated): the launcher resumes it.
-            Some(_) if record::materialize_job(clone).is_some() => {}
+            Some(_) if lineage::job(clone).is_some() => {}
             Some(j) => return j,
             None if waited.elapsed() > Duration::from_secs(30) => CowError::new(
                 PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
@@ -188,8 +185,8 @@ pub fn cancel(name: &str) -> bool {
         let ended = wait_for(clone, job.started_at);
         return ended.phase == Phase::Cancelled;
     }
-    if record::materialize_job(clone).is_some() {
-        record::set_materialize_job(clone, None);
+    if lineage::job(clone).is_some() {
+        lineage::set_job(clone, None);
         return true;
     }
     false

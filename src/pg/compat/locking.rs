@@ -214,3 +214,30 @@ pub fn oldest_unfrozen_xid() -> pg_sys::TransactionId {
         (*shared).oldestXid
     }
 }
+
+// PostgreSQL's SIGTERM handler for backends, only ever handed to pqsignal
+// (pgrx binds it as a Rust wrapper, which is not a signal handler).
+unsafe extern "C-unwind" {
+    #[link_name = "die"]
+    fn postgres_die(postgres_signal_arg: std::ffi::c_int);
+}
+
+/// Makes SIGTERM end this background worker at its next interrupt check,
+/// as it ends a backend (`die`), instead of at any instruction (the default
+/// `bgworker_die` raises FATAL inside the signal handler). 18 renamed the
+/// backend's `pqsignal`.
+///
+/// # Safety
+/// Called in a background worker before it does any work.
+pub unsafe fn terminate_at_interrupt_checks() {
+    #[cfg(before_pg18)]
+    // SAFETY: guaranteed by the caller; `die` is PostgreSQL's own handler.
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
+    #[cfg(not(before_pg18))]
+    // SAFETY: as above.
+    unsafe {
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
+}

@@ -1,0 +1,120 @@
+//! What a materialized clone keeps, and the queue of materializations,
+//! both security labels of the clone's database beside its record
+//! (`record`): the lineage replaces the record when the database stops
+//! being a clone (it was a clone of the source at T), and a queued job is a
+//! label of its own provider, always stored inline, so the launcher, which
+//! cannot read labels stored out of line, finds every job to resume.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::pg_sys;
+use serde::{Deserialize, Serialize};
+
+use crate::pin::snapshot::ClonePoint;
+use crate::state::record::{
+    any_label_of, database_address, hex, labels_of, unhex, CloneRecord, PROVIDER,
+};
+
+/// The lineage's label: `cowclone lineage 1 source <oid> <hex>`.
+const LINEAGE_PREFIX: &str = "cowclone lineage 1 ";
+const JOB_PROVIDER: &CStr = c"cowclone_job";
+
+/// What a materialized database remembers: it was a clone of `source` at
+/// `point`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub clone: u32,
+    pub source: u32,
+    pub source_name: String,
+    pub depth: u32,
+    pub point: ClonePoint,
+    pub created_at: i64,
+    pub materialized_at: i64,
+}
+
+/// Replaces a materialized clone's record by its lineage, in this
+/// transaction: the database is no longer a clone.
+pub fn replace_record(record: &CloneRecord) {
+    let lineage = Lineage {
+        clone: record.clone,
+        source: record.source,
+        source_name: record.source_name.clone(),
+        depth: record.depth,
+        point: record.point.clone(),
+        created_at: record.created_at,
+        // SAFETY: reads the clock.
+        materialized_at: unsafe { pg_sys::GetCurrentTimestamp() },
+    };
+    let body = postcard::to_allocvec(&lineage).expect("a lineage serializes");
+    let label = format!("{LINEAGE_PREFIX}source {} {}", lineage.source, hex(&body));
+    let label = CString::new(label).expect("hex has no NUL");
+    let address = database_address(pg_sys::Oid::from(record.clone));
+    // SAFETY: a catalog write in this transaction on an existing database.
+    unsafe {
+        pg_sys::SetSecurityLabel(&address, PROVIDER.as_ptr(), label.as_ptr());
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
+fn lineage_from_label(label: &str) -> Result<Lineage, String> {
+    let hex = label
+        .strip_prefix(LINEAGE_PREFIX)
+        .and_then(|rest| rest.rsplit(' ').next())
+        .ok_or("not a cowclone lineage")?;
+    postcard::from_bytes(&unhex(hex)?).map_err(|e| e.to_string())
+}
+
+/// Every materialized database's lineage (whose database still exists: the
+/// label goes with it). In a transaction.
+pub fn all() -> Vec<Lineage> {
+    labels_of("cowclone", true)
+        .into_iter()
+        .filter_map(|(_, label)| label)
+        .filter(|l| l.starts_with(LINEAGE_PREFIX))
+        .filter_map(|l| lineage_from_label(&l).ok())
+        .collect()
+}
+
+/// Databases that were clones and are materialized, as a process without a
+/// database connection reads them (a lineage label is always inline).
+pub fn materialized_without_database() -> Vec<u32> {
+    labels_of("cowclone", false)
+        .into_iter()
+        .filter(|(_, label)| {
+            label
+                .as_deref()
+                .is_some_and(|l| l.starts_with(LINEAGE_PREFIX))
+        })
+        .map(|(database, _)| database)
+        .collect()
+}
+
+/// Queues (or, with None, ends) the materialization of a clone, in this
+/// transaction: a label of its own provider, always inline.
+pub fn set_job(clone: pg_sys::Oid, job: Option<&str>) {
+    let address = database_address(clone);
+    let text = job.map(|j| CString::new(j).expect("no NUL"));
+    // SAFETY: a catalog write in this transaction; a null label deletes it.
+    unsafe {
+        pg_sys::SetSecurityLabel(
+            &address,
+            JOB_PROVIDER.as_ptr(),
+            text.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
+        );
+        pg_sys::CommandCounterIncrement();
+    }
+}
+
+/// Whether a clone's materialization is queued. In a transaction.
+pub fn job(clone: pg_sys::Oid) -> Option<String> {
+    any_label_of(clone, JOB_PROVIDER)
+}
+
+/// Every clone whose materialization is queued; readable without a
+/// database connection. In a transaction.
+pub fn jobs() -> Vec<u32> {
+    labels_of("cowclone_job", false)
+        .into_iter()
+        .map(|(database, _)| database)
+        .collect()
+}
