@@ -266,7 +266,7 @@ pub mod cow {
             .map(
                 |(clone, source, source_name, depth, lsn, time, created, pin, pin_age, state)| {
                     let job = crate::state::jobs::get(u32::from(clone))
-                        .filter(|j| j.pid != 0 && !j.phase.is_over() && j.bytes_total > 0);
+                        .filter(|j| j.is_running() && j.bytes_total > 0);
                     let queued = lineage::job(clone).is_some();
                     (
                         clone,

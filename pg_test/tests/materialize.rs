@@ -117,6 +117,45 @@ fn assert_same_answers(got: &[Vec<String>], want: &[Vec<String>], what: &str) {
     assert!(differing.is_empty(), "{what}: {differing:#?}");
 }
 
+/// A test cluster with cowclone in `postgres` (where the tests call it
+/// from) and in database `prod`, where `setup` runs after it.
+fn cluster_with_prod(setup: &str) -> Cluster {
+    let cluster = start_test_cluster(|_| {}).unwrap();
+    cluster
+        .psql("postgres", "CREATE EXTENSION cowclone")
+        .unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql("prod", &format!("CREATE EXTENSION cowclone; {setup}"))
+        .unwrap();
+    cluster
+}
+
+/// The status `cow.clones` shows for `clone` (asked in `postgres`).
+fn status_of(cluster: &Cluster, clone: &str) -> Vec<String> {
+    rows(
+        cluster,
+        "postgres",
+        &format!("SELECT status FROM cow.clones WHERE clone = '{clone}'"),
+    )
+}
+
+fn wait_until_materialized(cluster: &Cluster, clone: &str, what: &str, timeout: Duration) {
+    wait_until(what, timeout, || {
+        status_of(cluster, clone) == ["materialized"]
+    });
+}
+
+/// Sets `cow.materialize_rate_limit` (MB/s; None: the default) and reloads.
+fn set_rate_limit(cluster: &Cluster, mb_per_s: Option<u32>) {
+    let set = match mb_per_s {
+        Some(rate) => format!("ALTER SYSTEM SET cow.materialize_rate_limit = {rate}"),
+        None => "ALTER SYSTEM RESET cow.materialize_rate_limit".to_string(),
+    };
+    cluster.psql("postgres", &set).unwrap();
+    cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+}
+
 /// The rich schema's indexed queries under an index plan and a bitmap plan.
 fn indexed_answers(cluster: &Cluster, db: &str) -> Vec<Vec<String>> {
     let mut answers = Vec::new();
@@ -177,12 +216,7 @@ fn assert_tpcb_invariant(cluster: &Cluster, db: &str) {
 }
 
 fn source_with_rich_schema() -> Cluster {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster
-        .psql("postgres", "CREATE EXTENSION cowclone")
-        .unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
+    let cluster = cluster_with_prod("");
     cluster.psql_file("prod", &rich_schema()).unwrap();
     let init = cluster
         .client_command("pgbench", "prod")
@@ -466,14 +500,7 @@ fn a_materialization_killed_at_any_point_resumes_and_ends_exact() {
             cluster.log()[log_before..].contains(&marker)
         });
         // The pause happens inside the worker: nobody is waiting on it.
-        assert_eq!(
-            rows(
-                &cluster,
-                "postgres",
-                &format!("SELECT status FROM cow.clones WHERE clone = '{clone}'")
-            ),
-            ["materializing"]
-        );
+        assert_eq!(status_of(&cluster, &clone), ["materializing"]);
         cluster.crash().unwrap();
         let auto = cluster.data_dir().join("postgresql.auto.conf");
         let kept: String = std::fs::read_to_string(&auto)
@@ -484,16 +511,11 @@ fn a_materialization_killed_at_any_point_resumes_and_ends_exact() {
             .collect();
         std::fs::write(&auto, kept).unwrap();
         cluster.start().unwrap();
-        wait_until(
+        wait_until_materialized(
+            &cluster,
+            &clone,
             &format!("{clone} materialized after the restart"),
             Duration::from_secs(120),
-            || {
-                rows(
-                    &cluster,
-                    "postgres",
-                    &format!("SELECT status FROM cow.clones WHERE clone = '{clone}'"),
-                ) == ["materialized"]
-            },
         );
         assert_same_contents(&all_contents(&cluster, &clone, &apps), &before, point);
         assert_eq!(
@@ -539,19 +561,11 @@ fn a_materialization_killed_at_any_point_resumes_and_ends_exact() {
 /// leaves a clone that still answers exactly, and can be run again.
 #[test]
 fn a_queued_materialization_runs_alone_at_its_rate_and_can_be_cancelled() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster
-        .psql("postgres", "CREATE EXTENSION cowclone")
-        .unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster
-        .psql(
-            "prod",
-            "CREATE EXTENSION cowclone; CREATE TABLE big (id int PRIMARY KEY, pad text); \
+    let cluster = cluster_with_prod(
+        "CREATE TABLE big (id int PRIMARY KEY, pad text); \
              INSERT INTO big SELECT g, repeat(md5(g::text), 6) FROM generate_series(1, 250000) g; \
              CREATE TABLE small AS SELECT g AS id FROM generate_series(1, 1000) g;",
-        )
-        .unwrap();
+    );
     cluster.psql("prod", "VACUUM ANALYZE").unwrap();
     let big_mb: f64 = rows(
         &cluster,
@@ -569,13 +583,7 @@ fn a_queued_materialization_runs_alone_at_its_rate_and_can_be_cancelled() {
         .unwrap();
     let expected = contents(&cluster, "prod", "big", "");
 
-    cluster
-        .psql(
-            "postgres",
-            "ALTER SYSTEM SET cow.materialize_rate_limit = 20",
-        )
-        .unwrap();
-    cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    set_rate_limit(&cluster, Some(20));
     assert_eq!(
         rows(
             &cluster,
@@ -601,11 +609,7 @@ fn a_queued_materialization_runs_alone_at_its_rate_and_can_be_cancelled() {
                     samples.push((Instant::now(), fields[2].parse().unwrap()));
                 }
             }
-            rows(
-                &cluster,
-                "postgres",
-                "SELECT status FROM cow.clones WHERE clone = 'paced'",
-            ) == ["materialized"]
+            status_of(&cluster, "paced") == ["materialized"]
         },
     );
     let inner: Vec<&(Instant, f64)> = samples
@@ -623,13 +627,7 @@ fn a_queued_materialization_runs_alone_at_its_rate_and_can_be_cancelled() {
     assert!(cow_relations(&cluster, "paced").is_empty());
 
     // Cancel a slow one in the middle of its big table.
-    cluster
-        .psql(
-            "postgres",
-            "ALTER SYSTEM SET cow.materialize_rate_limit = 4",
-        )
-        .unwrap();
-    cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    set_rate_limit(&cluster, Some(4));
     cluster
         .psql(
             "cancelled",
@@ -655,14 +653,7 @@ fn a_queued_materialization_runs_alone_at_its_rate_and_can_be_cancelled() {
         ),
         ["t"]
     );
-    assert_eq!(
-        rows(
-            &cluster,
-            "postgres",
-            "SELECT status FROM cow.clones WHERE clone = 'cancelled'"
-        ),
-        ["shadowed"]
-    );
+    assert_eq!(status_of(&cluster, "cancelled"), ["shadowed"]);
     assert_eq!(
         rows(
             &cluster,
@@ -678,10 +669,7 @@ fn a_queued_materialization_runs_alone_at_its_rate_and_can_be_cancelled() {
         still_cow.iter().any(|r| r.starts_with("big ")),
         "{still_cow:?}"
     );
-    cluster
-        .psql("postgres", "ALTER SYSTEM RESET cow.materialize_rate_limit")
-        .unwrap();
-    cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    set_rate_limit(&cluster, None);
     assert_eq!(
         rows(
             &cluster,
@@ -698,18 +686,10 @@ fn a_queued_materialization_runs_alone_at_its_rate_and_can_be_cancelled() {
 /// rows alone; the materialization waits for it before it ends.
 #[test]
 fn a_snapshot_older_than_a_switch_is_refused() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster
-        .psql("postgres", "CREATE EXTENSION cowclone")
-        .unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster
-        .psql(
-            "prod",
-            "CREATE EXTENSION cowclone; CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000); \
+    let cluster = cluster_with_prod(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000); \
              CREATE TABLE other (id int); INSERT INTO other VALUES (1);",
-        )
-        .unwrap();
+    );
     cluster
         .psql("prod", "SELECT cow.clone('prod', 'staging')")
         .unwrap();
@@ -734,16 +714,11 @@ fn a_snapshot_older_than_a_switch_is_refused() {
     let refused = old.query("SELECT count(*) FROM t", &[]).unwrap_err();
     assert_eq!(sqlstate(&refused), "40001", "{refused}");
     old.batch_execute("ROLLBACK").unwrap();
-    wait_until(
+    wait_until_materialized(
+        &cluster,
+        "staging",
         "the materialization to end",
         Duration::from_secs(60),
-        || {
-            rows(
-                &cluster,
-                "postgres",
-                "SELECT status FROM cow.clones WHERE clone = 'staging'",
-            ) == ["materialized"]
-        },
     );
     assert_eq!(
         rows(&cluster, "staging", "SELECT count(*), sum(id) FROM t"),
@@ -756,18 +731,10 @@ fn a_snapshot_older_than_a_switch_is_refused() {
 /// first; PostgreSQL's own WITH (FORCE) keeps its meaning and stays refused.
 #[test]
 fn force_drops_a_source_after_materializing_its_clones() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster
-        .psql("postgres", "CREATE EXTENSION cowclone")
-        .unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster
-        .psql(
-            "prod",
-            "CREATE EXTENSION cowclone; CREATE TABLE t (id int PRIMARY KEY, s text); \
+    let cluster = cluster_with_prod(
+        "CREATE TABLE t (id int PRIMARY KEY, s text); \
              INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 5000) g;",
-        )
-        .unwrap();
+    );
     let expected = contents(&cluster, "prod", "t", "");
     for clone in ["one", "two"] {
         cluster
@@ -824,14 +791,7 @@ fn force_drops_a_source_after_materializing_its_clones() {
 /// materialized database is told so.
 #[test]
 fn materialize_refuses_what_it_cannot_do() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster
-        .psql("postgres", "CREATE EXTENSION cowclone")
-        .unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster
-        .psql("prod", "CREATE EXTENSION cowclone; CREATE TABLE t (id int)")
-        .unwrap();
+    let cluster = cluster_with_prod("CREATE TABLE t (id int)");
     cluster
         .psql("prod", "SELECT cow.clone('prod', 'staging')")
         .unwrap();
@@ -911,13 +871,7 @@ fn a_standby_follows_a_materialization() {
     primary.wait_for_replay(&standby).unwrap();
     // A write while the materialization runs, so a deleter is applied by
     // the passes (generic WAL) and not only when a page is copied.
-    primary
-        .psql(
-            "postgres",
-            "ALTER SYSTEM SET cow.materialize_rate_limit = 10",
-        )
-        .unwrap();
-    primary.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    set_rate_limit(&primary, Some(10));
     primary
         .psql(
             "postgres",
@@ -941,17 +895,13 @@ fn a_standby_follows_a_materialization() {
             "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 1",
         )
         .unwrap();
-    primary
-        .psql("postgres", "ALTER SYSTEM RESET cow.materialize_rate_limit")
-        .unwrap();
-    primary.psql("postgres", "SELECT pg_reload_conf()").unwrap();
-    wait_until("the materialization", Duration::from_secs(120), || {
-        rows(
-            &primary,
-            "postgres",
-            "SELECT status FROM cow.clones WHERE clone = 'staging'",
-        ) == ["materialized"]
-    });
+    set_rate_limit(&primary, None);
+    wait_until_materialized(
+        &primary,
+        "staging",
+        "the materialization",
+        Duration::from_secs(120),
+    );
     let expected = all_contents(&primary, "staging", &apps);
     let accounts = contents(&primary, "staging", "pgbench_accounts", "");
     wait_until("the source's pin to go", Duration::from_secs(30), || {
@@ -1057,28 +1007,16 @@ fn a_queued_materialization_waits_for_a_worker_slot() {
             .log()
             .contains("could not start the materializer of database")
     });
-    assert_eq!(
-        rows(
-            &cluster,
-            "postgres",
-            "SELECT status FROM cow.clones WHERE clone = 'staging'"
-        ),
-        ["materializing"]
-    );
+    assert_eq!(status_of(&cluster, "staging"), ["materializing"]);
     // Dropping other's only clone ends its holder: a slot frees.
     cluster
         .psql("postgres", "DROP DATABASE other_clone")
         .unwrap();
-    wait_until(
+    wait_until_materialized(
+        &cluster,
+        "staging",
         "the queued materialization",
         Duration::from_secs(60),
-        || {
-            rows(
-                &cluster,
-                "postgres",
-                "SELECT status FROM cow.clones WHERE clone = 'staging'",
-            ) == ["materialized"]
-        },
     );
     assert_eq!(
         rows(&cluster, "staging", "SELECT count(*), sum(id) FROM t"),
@@ -1091,19 +1029,11 @@ fn a_queued_materialization_waits_for_a_worker_slot() {
 /// is; the clone ends exact.
 #[test]
 fn a_terminated_materializer_is_resumed() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster
-        .psql("postgres", "CREATE EXTENSION cowclone")
-        .unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster
-        .psql(
-            "prod",
-            "CREATE EXTENSION cowclone; CREATE TABLE a (id int PRIMARY KEY, pad text); \
+    let cluster = cluster_with_prod(
+        "CREATE TABLE a (id int PRIMARY KEY, pad text); \
              INSERT INTO a SELECT g, repeat('a', 200) FROM generate_series(1, 60000) g; \
              CREATE TABLE b AS SELECT * FROM a;",
-        )
-        .unwrap();
+    );
     cluster
         .psql("prod", "SELECT cow.clone('prod', 'staging')")
         .unwrap();
@@ -1114,13 +1044,7 @@ fn a_terminated_materializer_is_resumed() {
         contents(&cluster, "staging", "a", ""),
         contents(&cluster, "staging", "b", ""),
     );
-    cluster
-        .psql(
-            "postgres",
-            "ALTER SYSTEM SET cow.materialize_rate_limit = 2",
-        )
-        .unwrap();
-    cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
+    set_rate_limit(&cluster, Some(2));
     cluster
         .psql(
             "postgres",
@@ -1149,20 +1073,12 @@ fn a_terminated_materializer_is_resumed() {
         second = rows(&cluster, "postgres", worker);
         !second.is_empty() && second != first
     });
-    cluster
-        .psql("postgres", "ALTER SYSTEM RESET cow.materialize_rate_limit")
-        .unwrap();
-    cluster.psql("postgres", "SELECT pg_reload_conf()").unwrap();
-    wait_until(
+    set_rate_limit(&cluster, None);
+    wait_until_materialized(
+        &cluster,
+        "staging",
         "the resumed materialization",
         Duration::from_secs(120),
-        || {
-            rows(
-                &cluster,
-                "postgres",
-                "SELECT status FROM cow.clones WHERE clone = 'staging'",
-            ) == ["materialized"]
-        },
     );
     assert_eq!(
         (

@@ -89,6 +89,11 @@ unsafe extern "C-unwind" fn note_invalidated_relation(_arg: pg_sys::Datum, relid
 /// relfilenode now.
 fn relfilenodes_changed_here() -> Vec<(u32, u32)> {
     let mut candidates = INVALIDATED.with(|i| std::mem::take(&mut *i.borrow_mut()));
+    // SAFETY: reads this backend's transaction state. Without an xid the
+    // transaction wrote no pg_class row.
+    if unsafe { pg_sys::GetTopTransactionIdIfAny() } == pg_sys::InvalidTransactionId {
+        return Vec::new();
+    }
     candidates.sort_unstable_by_key(|o| u32::from(*o));
     candidates.dedup();
     candidates
@@ -170,7 +175,7 @@ fn refuse_swapped_storage(this_database: pg_sys::Oid) {
     .raise()
 }
 
-fn database_name(oid: u32) -> Option<String> {
+pub(crate) fn database_name(oid: u32) -> Option<String> {
     // SAFETY: a syscache lookup inside a transaction; null when missing.
     let name = unsafe { pg_sys::get_database_name(pg_sys::Oid::from(oid)) };
     // SAFETY: a palloc'd NUL-terminated string when not null.

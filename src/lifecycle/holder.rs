@@ -27,10 +27,7 @@
 
 use std::time::Duration;
 
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
-    SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
 use crate::pg::compat;
@@ -53,18 +50,12 @@ pub fn start(
     source_name: &str,
     notify_pid: i32,
 ) -> Result<DynamicBackgroundWorker, ()> {
-    let name = worker_type(source_name);
-    BackgroundWorkerBuilder::new(&name)
-        .set_type(&name)
-        .set_library("cowclone")
-        .set_function("cowclone_pin_holder_main")
-        .set_argument(Some(pg_sys::Datum::from(u32::from(source))))
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(None)
-        .set_notify_pid(notify_pid)
-        .load_dynamic()
-        .map_err(|_| ())
+    crate::lifecycle::workers::start_dynamic(
+        &worker_type(source_name),
+        "cowclone_pin_holder_main",
+        source,
+        notify_pid,
+    )
 }
 
 fn clone_oids(clones: &[CloneRecord]) -> Vec<u32> {

@@ -47,6 +47,28 @@ pub fn ensure_holder(source: pg_sys::Oid, source_name: &str) {
     }
 }
 
+/// Asks the postmaster for one of cowclone's dynamic workers: `function`
+/// in this library, given `argument` (an OID), not restarted when it ends.
+/// Fails when every `max_worker_processes` slot is taken.
+pub(super) fn start_dynamic(
+    worker_type: &str,
+    function: &str,
+    argument: pg_sys::Oid,
+    notify_pid: i32,
+) -> Result<DynamicBackgroundWorker, ()> {
+    BackgroundWorkerBuilder::new(worker_type)
+        .set_type(worker_type)
+        .set_library("cowclone")
+        .set_function(function)
+        .set_argument(Some(pg_sys::Datum::from(u32::from(argument))))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .set_notify_pid(notify_pid)
+        .load_dynamic()
+        .map_err(|_| ())
+}
+
 fn no_worker_slot(source_name: &str) -> CowError {
     // SAFETY: a start-up setting, fixed for the life of the server.
     let max = unsafe { pg_sys::max_worker_processes };
@@ -76,7 +98,7 @@ impl Launcher {
         // SAFETY: this process's pid, for start and stop notices.
         let me = unsafe { pg_sys::MyProcPid };
         for &clone in &queued {
-            let running = jobs::get(clone).is_some_and(|j| j.pid != 0 && !j.phase.is_over());
+            let running = jobs::get(clone).is_some_and(|j| j.is_running());
             let pending = self.materializers.get(&clone).is_some_and(|h| {
                 matches!(h.pid(), Err(BackgroundWorkerStatus::NotYetStarted))
                     || (h.pid().is_ok() && !jobs::get(clone).is_some_and(|j| j.phase.is_over()))

@@ -157,11 +157,10 @@ unsafe fn btree_for_on_conflict(stmt: *mut pg_sys::PlannedStmt) -> bool {
                 if relation.is_null() {
                     return;
                 }
-                let indexes = pg_sys::RelationGetIndexList(relation);
-                each_list_oid(indexes, |index| {
+                for index in crate::pg::relation::index_oids(relation) {
                     let index = pg_sys::RelationIdGetRelation(index);
                     if index.is_null() {
-                        return;
+                        continue;
                     }
                     let form = (*index).rd_rel;
                     if crate::read::indexam::wraps((*form).relam) == Some(pg_sys::BTREE_AM_OID) {
@@ -171,7 +170,7 @@ unsafe fn btree_for_on_conflict(stmt: *mut pg_sys::PlannedStmt) -> bool {
                         disguised = true;
                     }
                     pg_sys::RelationClose(index);
-                });
+                }
                 pg_sys::RelationClose(relation);
             });
         });

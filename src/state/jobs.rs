@@ -115,6 +115,12 @@ impl Job {
     pub fn error_text(&self) -> String {
         from_fixed(&self.error)
     }
+
+    /// A process works on the job now (one ended without finishing it has
+    /// pid 0 and a phase not yet over).
+    pub fn is_running(&self) -> bool {
+        self.pid != 0 && !self.phase.is_over()
+    }
 }
 
 #[derive(Clone, Copy, Default)]

@@ -34,7 +34,7 @@ use crate::pg::compat::{self, RelLocator};
 use crate::pg::error::CowError;
 use crate::pg::failpoint;
 use crate::pg::page::{line_pointer, BLCKSZ};
-use crate::pg::relation::relation_name;
+use crate::pg::relation::{self, relation_name};
 use crate::read::clone_view;
 use crate::read::heap_page::{self, PageSource, MAX_TUPLES_PER_PAGE};
 use crate::state::record::{self, MaterializedStorage};
@@ -85,7 +85,7 @@ impl Indexes {
             let estate = pg_sys::CreateExecutorState();
             let econtext = pg_sys::MakePerTupleExprContext(estate);
             let mut open = Vec::new();
-            for oid in index_oids(rel) {
+            for oid in relation::index_oids(rel) {
                 let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as i32);
                 // A wrapper's local part is built on its first insert; one
                 // no copy goes into (a partial index, an empty table) must
@@ -412,7 +412,10 @@ pub(super) unsafe fn lock_patiently(table: pg_sys::Oid, lock: pg_sys::LOCKMODE, 
             pg_sys::BeginInternalSubTransaction(std::ptr::null());
             pg_sys::MemoryContextSwitchTo(context);
             let got = PgTryBuilder::new(|| {
-                super::set_local_lock_timeout(super::SWITCH_LOCK_TIMEOUT_MS);
+                super::set_local_setting(
+                    c"lock_timeout",
+                    &super::SWITCH_LOCK_TIMEOUT_MS.to_string(),
+                );
                 pg_sys::LockRelationOid(table, lock);
                 true
             })
@@ -501,7 +504,7 @@ pub(super) unsafe fn materialize_table(
         let mut no_longer_shadowed: HashSet<u32> =
             parts.iter().map(|p| u32::from(p.relfilenode)).collect();
         for r in [rel, toast].into_iter().filter(|r| !r.is_null()) {
-            for index in index_oids(r) {
+            for index in relation::index_oids(r) {
                 let index_rel = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
                 let relfilenode = u32::from(compat::relfilenode_of(index_rel));
                 pg_sys::index_close(index_rel, pg_sys::NoLock as i32);
@@ -535,25 +538,6 @@ pub(super) unsafe fn materialize_table(
         pg_sys::relation_close(rel, pg_sys::NoLock as i32);
         copied.rows = pace.rows;
         Some(copied)
-    }
-}
-
-/// The indexes of a relation.
-///
-/// # Safety
-/// `rel` open, in a transaction.
-pub(super) unsafe fn index_oids(rel: pg_sys::Relation) -> Vec<pg_sys::Oid> {
-    // SAFETY: guaranteed by the caller; the list is copied out.
-    unsafe {
-        let list = pg_sys::RelationGetIndexList(rel);
-        let mut oids = Vec::new();
-        if !list.is_null() {
-            for i in 0..(*list).length {
-                oids.push(pg_sys::list_nth_oid(list, i));
-            }
-            pg_sys::list_free(list);
-        }
-        oids
     }
 }
 

@@ -22,10 +22,7 @@ pub mod request;
 
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
-    SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
@@ -62,13 +59,14 @@ fn now() -> i64 {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
-/// Sets `lock_timeout` for the rest of the (sub)transaction.
-pub(crate) fn set_local_lock_timeout(ms: i32) {
-    let value = std::ffi::CString::new(ms.to_string()).expect("digits");
-    // SAFETY: a documented setting, set as SET LOCAL would.
+/// Sets a setting for the rest of the (sub)transaction, as SET LOCAL would.
+pub(crate) fn set_local_setting(name: &std::ffi::CStr, value: &str) {
+    let value = std::ffi::CString::new(value).expect("a setting's value has no NUL");
+    // SAFETY: a documented setting, set by a superuser worker for this
+    // (sub)transaction only.
     unsafe {
         pg_sys::set_config_option(
-            c"lock_timeout".as_ptr(),
+            name.as_ptr(),
             value.as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_SESSION,
@@ -78,6 +76,37 @@ pub(crate) fn set_local_lock_timeout(ms: i32) {
             false,
         );
     }
+}
+
+/// The clone's relations of the kinds `relkinds` (an SQL list of `"char"`s)
+/// with access method cow, in OID order.
+fn relations_on_cow(relkinds: &str) -> Vec<pg_sys::Oid> {
+    let query = format!(
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid = c.relam \
+         WHERE a.amname = 'cow' AND c.relkind IN ({relkinds}) ORDER BY c.oid"
+    );
+    Spi::connect(|client| {
+        client
+            .select(&query, None, &[])
+            .map(|rows| {
+                rows.filter_map(|row| row.get::<pg_sys::Oid>(1).ok().flatten())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|e| {
+                CowError::internal(format!("listing the clone's tables: {e}")).raise()
+            })
+    })
+}
+
+/// The tables and materialized views that may still read their source.
+fn candidate_tables() -> Vec<pg_sys::Oid> {
+    relations_on_cow("'r', 'm'")
+}
+
+/// Every table, materialized view and partitioned table left on cow,
+/// whoever made it (their TOAST tables and indexes go with them).
+fn cow_tables() -> Vec<pg_sys::Oid> {
+    relations_on_cow("'r', 'm', 'p'")
 }
 
 /// The pace of a job: its progress in shared memory, the rate limit, and
@@ -212,40 +241,15 @@ pub fn start(
     clone_name: &str,
     notify_pid: i32,
 ) -> Result<DynamicBackgroundWorker, ()> {
-    let name = worker_type(clone_name);
-    BackgroundWorkerBuilder::new(&name)
-        .set_type(&name)
-        .set_library("cowclone")
-        .set_function("cowclone_materializer_main")
-        .set_argument(Some(pg_sys::Datum::from(u32::from(clone))))
-        .enable_spi_access()
-        .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(None)
-        .set_notify_pid(notify_pid)
-        .load_dynamic()
-        .map_err(|_| ())
+    crate::lifecycle::workers::start_dynamic(
+        &worker_type(clone_name),
+        "cowclone_materializer_main",
+        clone,
+        notify_pid,
+    )
 }
 
-/// The tables (and materialized views) of the clone that may still read
-/// their source, in OID order.
-fn candidate_tables() -> Vec<pg_sys::Oid> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid = c.relam \
-                 WHERE a.amname = 'cow' AND c.relkind IN ('r', 'm') ORDER BY c.oid",
-                None,
-                &[],
-            )
-            .map(|rows| {
-                rows.filter_map(|row| row.get::<pg_sys::Oid>(1).ok().flatten())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_else(|e| CowError::internal(format!("listing the clone's tables: {e}")).raise())
-    })
-}
-
-/// Whether a source bytes estimate of the job: the shadowed relations' sizes.
+/// About how many source bytes the job copies: the shadowed relations' sizes.
 fn shadowed_bytes(record: &record::CloneRecord) -> u64 {
     let view = crate::read::clone_view::current();
     record
@@ -374,25 +378,6 @@ fn finish(clone: pg_sys::Oid, pace: &mut Pace) {
     }
 }
 
-/// Every relation of the clone with access method cow (tables, materialized
-/// views and TOAST tables, whoever made them).
-fn cow_tables() -> Vec<pg_sys::Oid> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_am a ON a.oid = c.relam \
-                 WHERE a.amname = 'cow' AND c.relkind IN ('r', 'm', 'p') ORDER BY c.oid",
-                None,
-                &[],
-            )
-            .map(|rows| {
-                rows.filter_map(|row| row.get::<pg_sys::Oid>(1).ok().flatten())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_else(|e| CowError::internal(format!("listing the clone's tables: {e}")).raise())
-    })
-}
-
 /// Gives a table, its TOAST table and their indexes the plain access
 /// methods (heap; the AM each wrapper wraps).
 ///
@@ -413,7 +398,7 @@ unsafe fn make_plain(table: pg_sys::Oid) {
             ));
         }
         for &r in &tables {
-            for index in copy::index_oids(r) {
+            for index in crate::pg::relation::index_oids(r) {
                 let index_rel = pg_sys::index_open(index, pg_sys::AccessExclusiveLock as i32);
                 let relam = (*(*index_rel).rd_rel).relam;
                 pg_sys::index_close(index_rel, pg_sys::NoLock as i32);
@@ -425,7 +410,7 @@ unsafe fn make_plain(table: pg_sys::Oid) {
         for r in tables {
             pg_sys::relation_close(r, pg_sys::NoLock as i32);
         }
-        set_allow_system_table_mods();
+        set_local_setting(c"allow_system_table_mods", "on");
         for &(oid, am) in &relations {
             Spi::run_with_args(
                 "UPDATE pg_catalog.pg_class SET relam = $1 WHERE oid = $2",
@@ -470,22 +455,6 @@ unsafe fn give_unlogged_index_its_init_fork(oid: pg_sys::Oid) {
             }
         }
         pg_sys::relation_close(rel, pg_sys::NoLock as i32);
-    }
-}
-
-fn set_allow_system_table_mods() {
-    // SAFETY: a superuser setting, set for this transaction only, as SET LOCAL would.
-    unsafe {
-        pg_sys::set_config_option(
-            c"allow_system_table_mods".as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
     }
 }
 

@@ -102,25 +102,17 @@ pub fn materialize(name: &str, wait: bool) -> Outcome {
             elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
         };
     }
-    let since = now();
-    let running = jobs::get(u32::from(clone)).filter(|j| j.pid != 0 && !j.phase.is_over());
-    let since = running.map_or(since, |j| j.started_at);
-    if running.is_none() {
-        // SAFETY: this backend's pid, for the worker's start notice.
-        let me = unsafe { pg_sys::MyProcPid };
-        if start(clone, name, me).is_err() {
-            // SAFETY: a start-up setting.
-            let max = unsafe { pg_sys::max_worker_processes };
-            CowError::new(
-                PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-                format!("could not start the materializer of \"{name}\""),
-            )
-            .detail(format!("All {max} background worker slots (max_worker_processes) are in use."))
-            .hint("Queue it with cow.materialize(..., wait => false): the launcher starts it once a slot frees.")
-            .raise();
-        }
-    }
-    let job = wait_for(clone, since);
+    let Ok(job) = run_and_wait(clone, name) else {
+        // SAFETY: a start-up setting.
+        let max = unsafe { pg_sys::max_worker_processes };
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!("could not start the materializer of \"{name}\""),
+        )
+        .detail(format!("All {max} background worker slots (max_worker_processes) are in use."))
+        .hint("Queue it with cow.materialize(..., wait => false): the launcher starts it once a slot frees.")
+        .raise();
+    };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     match job.phase {
         Phase::Done => Outcome {
@@ -143,6 +135,21 @@ pub fn materialize(name: &str, wait: bool) -> Outcome {
         .hint("See the server log; cow.materialize can be run again.")
         .raise(),
     }
+}
+
+/// Joins the running job of `clone`, or starts its materializer, and waits
+/// for the job to end. Err if no worker slot is free to start one.
+fn run_and_wait(clone: pg_sys::Oid, name: &str) -> Result<jobs::Job, ()> {
+    // Taken before looking: a worker the launcher starts meanwhile has
+    // started_at after it, and is the one waited for.
+    let asked = now();
+    let running = jobs::get(u32::from(clone)).filter(jobs::Job::is_running);
+    let since = running.map_or(asked, |j| j.started_at);
+    if running.is_none() {
+        // SAFETY: this backend's pid, for the worker's start notice.
+        start(clone, name, unsafe { pg_sys::MyProcPid })?;
+    }
+    Ok(wait_for(clone, since))
 }
 
 /// Waits until the job of `clone` begun at or after `since` ends; a cancel
@@ -179,8 +186,7 @@ fn wait_for(clone: pg_sys::Oid, since: i64) -> jobs::Job {
 pub fn cancel(name: &str) -> bool {
     preload::require_preloaded();
     let clone = owned_database(name, "cancel the materialization of");
-    let running = jobs::get(u32::from(clone)).filter(|j| j.pid != 0 && !j.phase.is_over());
-    if let Some(job) = running {
+    if let Some(job) = jobs::get(u32::from(clone)).filter(jobs::Job::is_running) {
         jobs::update(u32::from(clone), |j| j.cancel = true);
         let ended = wait_for(clone, job.started_at);
         return ended.phase == Phase::Cancelled;
@@ -253,15 +259,10 @@ pub fn drop_database(name: &str, force: bool) {
     let database = database_oid(name);
     if force && database != pg_sys::InvalidOid {
         for clone in record::clones_of(database) {
-            // SAFETY: a syscache lookup; null if the clone is being dropped.
-            let clone_name = unsafe { pg_sys::get_database_name(pg_sys::Oid::from(clone.clone)) };
-            if clone_name.is_null() {
+            // None if the clone is being dropped.
+            let Some(clone_name) = crate::lifecycle::guard::database_name(clone.clone) else {
                 continue;
-            }
-            // SAFETY: a palloc'd NUL-terminated name.
-            let clone_name = unsafe { std::ffi::CStr::from_ptr(clone_name) }
-                .to_string_lossy()
-                .into_owned();
+            };
             pgrx::notice!("materializing clone \"{clone_name}\" of \"{name}\"");
             materialize_waiting(&clone_name);
         }
@@ -275,19 +276,14 @@ fn materialize_waiting(name: &str) {
     if record::read_record(clone).is_none() {
         return;
     }
-    let since = now();
-    let running = jobs::get(u32::from(clone)).filter(|j| j.pid != 0 && !j.phase.is_over());
-    let since = running.map_or(since, |j| j.started_at);
-    // SAFETY: this backend's pid.
-    if running.is_none() && start(clone, name, unsafe { pg_sys::MyProcPid }).is_err() {
+    let Ok(job) = run_and_wait(clone, name) else {
         CowError::new(
             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             format!("could not start the materializer of \"{name}\""),
         )
         .hint("Raise max_worker_processes, or materialize the clones one by one later.")
         .raise();
-    }
-    let job = wait_for(clone, since);
+    };
     if job.phase != Phase::Done {
         CowError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
