@@ -803,6 +803,11 @@ fn materialize_refuses_what_it_cannot_do() {
         ("SELECT cow.materialize('nope')", "3D000"),
         ("SELECT cow.materialize('prod')", "55000"),
         ("SELECT cow.materialize(NULL)", "22004"),
+        ("SELECT cow.cancel_materialize(NULL)", "22004"),
+        ("SELECT cow.cancel_materialize('nope')", "3D000"),
+        ("SELECT cow.drop_database(NULL)", "22004"),
+        ("SELECT cow.drop_database('nope')", "3D000"),
+        ("SELECT cow.drop_database('nope', force => true)", "3D000"),
     ] {
         let e = client.batch_execute(sql).unwrap_err();
         assert_eq!(sqlstate(&e), state, "{sql}: {e}");
@@ -821,6 +826,12 @@ fn materialize_refuses_what_it_cannot_do() {
         .batch_execute("SELECT cow.cancel_materialize('staging')")
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
+    // FORCE materializes clones the caller must own too.
+    let e = stranger
+        .batch_execute("SELECT cow.drop_database('prod', force => true)")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    assert_eq!(status_of(&cluster, "staging"), ["shadowed"]);
     assert_eq!(
         rows(
             &cluster,
