@@ -13,8 +13,9 @@ pub mod cow {
     use pgrx::PgSqlErrorCode;
 
     use crate::create::clone;
+    use crate::create::point::PointRequest;
     use crate::lifecycle::materialize::request;
-    use crate::lifecycle::{reconcile, workers};
+    use crate::lifecycle::{reconcile, retention, workers};
     use crate::pg::error::CowError;
     use crate::pg::preload;
     use crate::pin::age::{self, Scope};
@@ -45,8 +46,10 @@ pub mod cow {
         preload::require_preloaded();
     }
 
-    /// Creates database `target` as a clone of `source` at this instant.
-    #[pg_extern(volatile, parallel_unsafe, name = "clone")]
+    /// 0.1.0 to 0.4.0's `cow.clone(source, target)`, kept for their scripts
+    /// (an install of an older release runs against this library until it
+    /// is updated); 0.5.0's `cow.clone` is `_clone` behind a SQL wrapper.
+    #[pg_extern(volatile, parallel_unsafe, name = "clone", sql = false)]
     #[allow(clippy::type_complexity)]
     fn clone_database(
         source: Option<&str>,
@@ -71,9 +74,30 @@ pub mod cow {
             )
             .raise()
         };
+        clone_at(source, target, PointRequest::Now)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn clone_at(
+        source: &str,
+        target: &str,
+        request: PointRequest,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(clone, String),
+            name!(clone_oid, pg_sys::Oid),
+            name!(source, String),
+            name!(clone_point_lsn, String),
+            name!(clone_point_time, TimestampWithTimeZone),
+            name!(catalog_relations, i64),
+            name!(shadowed_relations, i64),
+            name!(elapsed_ms, f64),
+        ),
+    > {
         clone::refuse_unless_callable();
         reconcile::remove_interrupted_clones();
-        let outcome = clone::clone_database(source, target);
+        let outcome = clone::clone_database(source, target, request);
         workers::ensure_holder(outcome.source_oid, source);
         TableIterator::once((
             target.to_string(),
@@ -85,6 +109,98 @@ pub mod cow {
             outcome.shadowed_relations,
             outcome.elapsed_ms,
         ))
+    }
+
+    /// `cow.clone(source, target, as_of, as_of_lsn)` and
+    /// `cow.clone_database(source, target, as_of_lsn)` (SQL wrappers: pgrx
+    /// has no pg_lsn, so the LSN arrives as text). Without a point, the
+    /// clone is of now, and its exact LSN is reported.
+    #[pg_extern(volatile, parallel_unsafe, name = "_clone")]
+    #[allow(clippy::type_complexity)]
+    fn clone_as_of(
+        source: Option<&str>,
+        target: Option<&str>,
+        as_of: Option<TimestampWithTimeZone>,
+        as_of_lsn: Option<&str>,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(clone, String),
+            name!(clone_oid, pg_sys::Oid),
+            name!(source, String),
+            name!(clone_point_lsn, String),
+            name!(clone_point_time, TimestampWithTimeZone),
+            name!(catalog_relations, i64),
+            name!(shadowed_relations, i64),
+            name!(elapsed_ms, f64),
+        ),
+    > {
+        let (Some(source), Some(target)) = (source, target) else {
+            CowError::new(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "cow.clone needs a source and a target database name",
+            )
+            .raise()
+        };
+        let request = match (as_of, as_of_lsn) {
+            (None, None) => PointRequest::Now,
+            (Some(time), None) => PointRequest::Time(time.into_inner()),
+            (None, Some(lsn)) => PointRequest::Lsn(record::parse_lsn(lsn).unwrap_or_else(|| {
+                CowError::new(
+                    PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
+                    format!("invalid WAL position \"{lsn}\""),
+                )
+                .raise()
+            })),
+            (Some(_), Some(_)) => CowError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "give as_of or as_of_lsn, not both",
+            )
+            .raise(),
+        };
+        clone_at(source, target, request)
+    }
+
+    /// `cow.set_retention(db, keep)`: keep every point of the last `keep`
+    /// of `db` clonable (NULL or zero: off). True when retention is on.
+    #[pg_extern(volatile, parallel_unsafe, name = "set_retention")]
+    fn set_retention(db: Option<&str>, keep: Option<pgrx::datum::Interval>) -> bool {
+        retention::set_retention(db, keep)
+    }
+
+    #[pg_extern(volatile, name = "_retention")]
+    #[allow(clippy::type_complexity)]
+    fn retention_rows() -> TableIterator<
+        'static,
+        (
+            name!(database_oid, pg_sys::Oid),
+            name!(keep_seconds, f64),
+            name!(window_start_lsn, Option<String>),
+            name!(window_start_time, Option<TimestampWithTimeZone>),
+            name!(newest_mark_lsn, Option<String>),
+            name!(newest_mark_time, Option<TimestampWithTimeZone>),
+            name!(marks, i64),
+            name!(wal_kept_bytes, Option<i64>),
+            name!(slot_name, String),
+        ),
+    > {
+        let rows: Vec<_> = retention::rows()
+            .into_iter()
+            .map(|r| {
+                (
+                    pg_sys::Oid::from(r.database),
+                    r.keep_micros as f64 / 1e6,
+                    r.start.as_ref().map(|m| record::format_lsn(m.point.lsn)),
+                    r.start.as_ref().map(|m| timestamp(m.point.taken_at)),
+                    r.newest.as_ref().map(|m| record::format_lsn(m.point.lsn)),
+                    r.newest.as_ref().map(|m| timestamp(m.point.taken_at)),
+                    r.marks,
+                    r.wal_kept_bytes,
+                    r.slot_name,
+                )
+            })
+            .collect();
+        TableIterator::new(rows)
     }
 
     /// The raw lineage records; `cow.clones` is the view to use. A clone
@@ -444,6 +560,61 @@ COMMENT ON VIEW cow.materialize_progress IS 'One row per materialization since t
 "#,
     name = "materialize_progress_view",
     requires = [cow::materialize_progress],
+);
+
+extension_sql!(
+    r#"
+CREATE FUNCTION cow.clone(
+    source text,
+    target text,
+    as_of timestamptz DEFAULT NULL,
+    as_of_lsn pg_lsn DEFAULT NULL
+) RETURNS TABLE (
+    clone text,
+    clone_oid oid,
+    source text,
+    clone_point_lsn text,
+    clone_point_time timestamptz,
+    catalog_relations bigint,
+    shadowed_relations bigint,
+    elapsed_ms double precision
+)
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+AS $$ SELECT * FROM cow._clone($1, $2, $3, $4::text) $$;
+COMMENT ON FUNCTION cow.clone(text, text, timestamptz, pg_lsn) IS 'Creates database target as a clone of source: as of now, or as of a past instant (as_of) or WAL position (as_of_lsn) inside source''s history window (cow.set_retention)';
+
+CREATE FUNCTION cow.clone_database(source text, target text, as_of_lsn pg_lsn)
+RETURNS TABLE (
+    clone text,
+    clone_oid oid,
+    source text,
+    clone_point_lsn text,
+    clone_point_time timestamptz,
+    catalog_relations bigint,
+    shadowed_relations bigint,
+    elapsed_ms double precision
+)
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+AS $$ SELECT * FROM cow._clone($1, $2, NULL, $3::text) $$;
+COMMENT ON FUNCTION cow.clone_database(text, text, pg_lsn) IS 'cow.clone as of a WAL position, under the design''s name';
+
+CREATE VIEW cow.retention AS
+SELECT r.database_oid,
+       d.datname AS database,
+       make_interval(secs => r.keep_seconds) AS keep,
+       r.window_start_lsn::pg_lsn AS window_start_lsn,
+       r.window_start_time,
+       r.newest_mark_lsn::pg_lsn AS newest_mark_lsn,
+       r.newest_mark_time,
+       r.marks,
+       r.wal_kept_bytes,
+       r.slot_name
+  FROM cow._retention() r
+  LEFT JOIN pg_database d ON d.oid = r.database_oid;
+COMMENT ON VIEW cow.retention IS 'One row per database with history retention (cow.set_retention): the window asked for, where the window starts (the earliest point that can be cloned), its newest mark, and the WAL its slot keeps';
+"#,
+    name = "point_in_time",
+    requires = [cow::clone_as_of, cow::retention_rows],
 );
 
 extension_sql!(

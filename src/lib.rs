@@ -51,6 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
         pin::age::define_settings();
         state::jobs::init();
         lifecycle::materialize::define_settings();
+        lifecycle::retention::define_settings();
         lifecycle::workers::register();
     }
 }

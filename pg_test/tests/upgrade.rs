@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{contents, holder_of, rows, wait_until};
 use pg_test::cluster::free_port;
 use pg_test::process::as_server_user;
@@ -25,8 +27,16 @@ fn an_install_of_0_3_0_with_live_clones_updates_in_place() {
     updates_in_place_with_live_clones("0.3.0");
 }
 
+#[test]
+fn an_install_of_0_4_0_with_live_clones_updates_in_place() {
+    updates_in_place_with_live_clones("0.4.0");
+}
+
 fn updates_in_place_with_live_clones(from: &str) {
-    let cluster = start_test_cluster(|_| {}).unwrap();
+    let cluster = start_test_cluster(|c| {
+        c.settings.push("cow.retention_mark_interval = 1".into());
+    })
+    .unwrap();
     cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
     cluster
         .psql(
@@ -129,6 +139,46 @@ fn updates_in_place_with_live_clones(from: &str) {
         .psql("prod", "SELECT cow.clone('prod', 'after_update')")
         .unwrap();
     assert_eq!(contents(&cluster, "after_update", "t", ""), expected);
+    // 0.5.0: a history window, and a clone as of a point of it.
+    assert_eq!(
+        rows(
+            &cluster,
+            "prod",
+            "SELECT cow.set_retention('prod', interval '1 hour')"
+        ),
+        ["t"]
+    );
+    wait_until("the window's first mark", Duration::from_secs(30), || {
+        rows(
+            &cluster,
+            "prod",
+            "SELECT window_start_lsn IS NOT NULL FROM cow.retention",
+        ) == ["t"]
+    });
+    let point = rows(&cluster, "prod", "SELECT pg_current_wal_insert_lsn()");
+    cluster
+        .psql("prod", "UPDATE t SET s = 'after the point' WHERE i <= 5")
+        .unwrap();
+    wait_until("a mark after the point", Duration::from_secs(30), || {
+        rows(
+            &cluster,
+            "prod",
+            &format!(
+                "SELECT newest_mark_lsn >= '{}' FROM cow.retention",
+                point[0]
+            ),
+        ) == ["t"]
+    });
+    cluster
+        .psql(
+            "prod",
+            &format!(
+                "SELECT cow.clone('prod', 'as_of_point', as_of_lsn => '{}')",
+                point[0]
+            ),
+        )
+        .unwrap();
+    assert_eq!(contents(&cluster, "as_of_point", "t", ""), expected);
 }
 
 /// A 0.2.0 data directory: records in `pg_cowclone/<clone oid>.state`

@@ -13,13 +13,15 @@ use std::time::Instant;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::create::catalog_copy::{self, AccessMethodSwitch};
+use crate::create::point::{self, PointRequest};
 use crate::create::source::{SourceDatabase, SourceRelation};
 use crate::pg::compat::{self, DatabaseLocale};
 use crate::pg::error::CowError;
 use crate::pg::failpoint;
 use crate::pg::preload;
+use crate::pin::exact;
 use crate::pin::slot;
-use crate::pin::snapshot::{self, PinTaken};
+use crate::pin::snapshot::{self, PinTaken, PointSnapshot};
 use crate::read::indexam;
 use crate::state::record::{self, CloneRecord, ShadowedStorage};
 use crate::state::wal;
@@ -563,7 +565,7 @@ pub fn refuse_unless_callable() {
 /// Makes the clone. The caller has called `refuse_unless_callable` and
 /// removed what crashed clones left behind (`lifecycle::reconcile`, which
 /// sits above this folder), so a name a crashed clone took is free again.
-pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
+pub fn clone_database(source_name: &str, target: &str, request: PointRequest) -> CloneOutcome {
     let started = Instant::now();
     validate_target_name(target);
     let source_oid = database_oid(source_name);
@@ -617,9 +619,20 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
         .raise();
     }
     let source = SourceDatabase::open(source_oid, info.tablespace);
+    let past =
+        (request != PointRequest::Now).then(|| point::resolve(source_oid, source_name, request));
 
     // Refuse what cannot be cloned before creating anything.
-    shadowing_plan(&source, snapshot::HeldSnapshot::latest().0, source_name);
+    match &past {
+        None => {
+            shadowing_plan(&source, snapshot::HeldSnapshot::latest().0, source_name);
+        }
+        Some(past) => {
+            let mut as_of = PointSnapshot::new(&past.point);
+            let (relations, _) = shadowing_plan(&source, as_of.as_ptr(), source_name);
+            point::refuse_rewritten(&source, source_name, &relations, past);
+        }
+    }
 
     let clone = create_database_shell(target, &info.locale);
     set_pending(Some(Pending {
@@ -637,26 +650,40 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     inherit_settings(source_oid, clone);
     failpoint::reached("after_createdb");
 
-    let (clone_point, point, pin) = snapshot::pin_and_take(source_oid, |pin_xmin, taken| {
-        if taken == PinTaken::Created {
-            // Before the witness reaches standbys: from here, an abort
-            // must tell them the slot goes.
-            set_pending(Some(Pending {
-                clone,
-                source: source_oid,
-                made_source_slot: true,
-                persisted_source_slot: false,
-            }));
+    let (held, point, pin) = match past {
+        None => {
+            let (held, taken, pin) = snapshot::pin_and_take(source_oid, |pin_xmin, taken| {
+                if taken == PinTaken::Created {
+                    // Before the witness reaches standbys: from here, an abort
+                    // must tell them the slot goes.
+                    set_pending(Some(Pending {
+                        clone,
+                        source: source_oid,
+                        made_source_slot: true,
+                        persisted_source_slot: false,
+                    }));
+                }
+                record::announce(clone, source_oid, pin_xmin)
+            });
+            // The snapshot PostgreSQL took, made exact at its WAL position.
+            (Some(held), exact::refine(&taken), pin)
         }
-        record::announce(clone, source_oid, pin_xmin)
-    });
+        Some(past) => {
+            // The history's pin holds the point (checked by `resolve`), and
+            // the source lock keeps the window from sliding past it.
+            let pin_xmin = slot::source_slot(source_oid).map_or(0, |s| s.xmin);
+            record::announce(clone, source_oid, pin_xmin);
+            (None, past.point, PinTaken::Existing)
+        }
+    };
+    let mut clone_point = PointSnapshot::new(&point);
     if pin == PinTaken::Created {
         // The slot moved from its conservative xmin to T's.
         wal::log_pin(source_oid, Some(point.xmin));
     }
     failpoint::reached("after_pin");
-    let (relations, switch) = shadowing_plan(&source, clone_point.0, source_name);
-    let copies = catalog_copy::copy_catalog(&source, &relations, clone_point.0, &switch);
+    let (relations, switch) = shadowing_plan(&source, clone_point.as_ptr(), source_name);
+    let copies = catalog_copy::copy_catalog(&source, &relations, clone_point.as_ptr(), &switch);
 
     // SAFETY: nobody can use the clone before commit; template0's pages copied
     // by createdb are discarded before the files are rewritten underneath them.
@@ -667,6 +694,7 @@ pub fn clone_database(source_name: &str, target: &str) -> CloneOutcome {
     check_catalog_not_rewritten(&source, &relations);
     let shadowed = create_local_storage(clone, &source, &relations);
     drop(clone_point);
+    drop(held);
     failpoint::reached("after_catalog_copy");
 
     record::save(&CloneRecord {

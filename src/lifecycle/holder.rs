@@ -30,8 +30,11 @@ use std::time::Duration;
 use pgrx::bgworkers::{BackgroundWorker, DynamicBackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 
+use crate::lifecycle::materialize::reload_settings_if_asked;
+use crate::lifecycle::retention;
 use crate::pg::compat;
 use crate::pin::{advertised, slot};
+use crate::state::history::{self, History};
 use crate::state::record::{self, CloneRecord};
 use crate::state::{wal, witness};
 
@@ -62,15 +65,35 @@ fn clone_oids(clones: &[CloneRecord]) -> Vec<u32> {
     clones.iter().map(|c| c.clone).collect()
 }
 
-/// The oldest clone point xmin among `clones`.
-fn oldest_xmin(clones: &[CloneRecord]) -> Option<pg_sys::TransactionId> {
-    record::oldest_clone_point(clones).map(|c| pg_sys::TransactionId::from(c.point.xmin))
+/// The oldest xmin among `clones`' clone points and the history window's
+/// marks: what the source's pin must hold.
+fn oldest_xmin(clones: &[CloneRecord], history: Option<&History>) -> Option<pg_sys::TransactionId> {
+    let clones = record::oldest_clone_point(clones).map(|c| c.point.xmin);
+    let marks = history.and_then(History::oldest_xmin);
+    let oldest = match (clones, marks) {
+        (Some(a), Some(b)) => Some(if (a.wrapping_sub(b) as i32) < 0 { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    oldest.map(pg_sys::TransactionId::from)
+}
+
+/// The source's history window, if its retention is on (the launcher
+/// records its marks). Under the source lock.
+fn window(source: pg_sys::Oid) -> Option<History> {
+    history::retention_of(source).map(|_| history::load(source))
+}
+
+fn precedes(a: pg_sys::TransactionId, b: pg_sys::TransactionId) -> bool {
+    (u32::from(a).wrapping_sub(u32::from(b)) as i32) < 0
 }
 
 struct Holding {
     source: pg_sys::Oid,
     xmin: pg_sys::TransactionId,
     clones: Vec<u32>,
+    /// Whether the source had a history window at the last count: its
+    /// end (the marks file removed) calls for a recount.
+    window_open: bool,
     /// Whether the advertised xmin binds vacuum here (see
     /// `compat::backend_xmins_bind`); if not, the slot stays armed.
     advertising: bool,
@@ -134,7 +157,8 @@ fn take_over(source: pg_sys::Oid) -> Option<Holding> {
         let name = slot::source_slot_name(source);
         let state = slot::source_slot(source);
         record::restore_lost_witnesses(&clones);
-        let Some(xmin) = oldest_xmin(&clones) else {
+        if clones.is_empty() && history::retention_of(source).is_none() {
+            retention::forget(source);
             if matches!(state, Some(s) if s.active_pid == 0 && s.persistent) {
                 slot::drop_slot(&name);
                 wal::log_pin(source, None);
@@ -144,7 +168,7 @@ fn take_over(source: pg_sys::Oid) -> Option<Holding> {
                 );
             }
             return None;
-        };
+        }
         match state {
             Some(s) if s.active_pid != 0 => return None,
             // SAFETY: seen inactive under the source lock, which every
@@ -170,6 +194,12 @@ fn take_over(source: pg_sys::Oid) -> Option<Holding> {
         // SAFETY: registered once the slot is acquired, so it runs before
         // PostgreSQL's own exit callback releases the slot.
         unsafe { pg_sys::before_shmem_exit(Some(rearm_at_exit), pg_sys::Datum::from(0)) };
+        // A window without marks yet needs the pin the slot records now:
+        // its first mark is taken under it.
+        let history = window(source);
+        let xmin = oldest_xmin(&clones, history.as_ref())
+            // SAFETY: the slot is acquired.
+            .unwrap_or_else(|| unsafe { slot::acquired_recorded_xmin() });
         wal::log_pin(source, Some(u32::from(xmin)));
         // SAFETY: the acquired slot is armed; moving it to the oldest clone
         // point is what every clone of this source needs (older per-clone
@@ -185,6 +215,7 @@ fn take_over(source: pg_sys::Oid) -> Option<Holding> {
         source,
         xmin,
         clones,
+        window_open: history::exists(source),
         advertising: compat::backend_xmins_bind(),
     };
     if !holding.advertising {
@@ -220,6 +251,32 @@ impl Holding {
         }
     }
 
+    /// Moves the pin up to what the launcher computed when it slid the
+    /// source's window (`History::pin_target`). Moving an advertised xmin
+    /// up needs no transaction: a horizon computed before sees the older
+    /// one, one computed after the newer, and the target was computed under
+    /// the source lock after the marks older than it were dropped, so no
+    /// clone made since can need anything older.
+    fn follow_window(&mut self) {
+        let Some(target) = history::load(self.source).pin_target else {
+            return;
+        };
+        let target = pg_sys::TransactionId::from(target);
+        if !precedes(self.xmin, target) {
+            return;
+        }
+        // SAFETY: no transaction is open; the slot is acquired (disarmed
+        // while advertising), and records the new pin before it is advertised.
+        unsafe {
+            slot::record_acquired(target);
+            if self.advertising {
+                advertised::advertise(target);
+            }
+        }
+        wal::log_pin(self.source, Some(u32::from(target)));
+        self.xmin = target;
+    }
+
     /// Follows the source's clones. False when none are left (the slot is
     /// dropped and the holder ends).
     fn refresh(&mut self) -> bool {
@@ -245,10 +302,15 @@ impl Holding {
         // DROP DATABASE removes the witness before its transaction commits:
         // a recount then still sees the clone, and counts again (at the
         // next check, or woken at its commit) until it is gone.
-        if self
-            .clones
-            .iter()
-            .all(|c| witness::exists(pg_sys::Oid::from(*c)))
+        self.follow_window();
+        // The window ended (retention switched off) with no clones left:
+        // count again, which lets the pin go.
+        let due = self.window_open && !history::exists(self.source);
+        if !due
+            && self
+                .clones
+                .iter()
+                .all(|c| witness::exists(pg_sys::Oid::from(*c)))
         {
             if lost {
                 self.hold();
@@ -257,6 +319,7 @@ impl Holding {
         }
         self.stand_down();
         let source = self.source;
+        let previous = self.xmin;
         let next = BackgroundWorker::transaction(move || {
             record::lock_source(source);
             // Every record counts until its DROP DATABASE commits: the
@@ -264,9 +327,16 @@ impl Holding {
             // standby's sessions in the clone may still be reading.
             let clones = record::clones_of(source);
             record::restore_lost_witnesses(&clones);
-            match oldest_xmin(&clones) {
+            let history = window(source);
+            let has_window = history.is_some();
+            // SAFETY: the slot is acquired (and armed).
+            let recorded = unsafe { slot::acquired_recorded_xmin() };
+            match oldest_xmin(&clones, history.as_ref()).or_else(|| has_window.then_some(recorded))
+            {
                 Some(xmin) => {
-                    wal::log_pin(source, Some(u32::from(xmin)));
+                    if xmin != previous {
+                        wal::log_pin(source, Some(u32::from(xmin)));
+                    }
                     Some((xmin, clone_oids(&clones)))
                 }
                 None => {
@@ -278,7 +348,7 @@ impl Holding {
         });
         let Some((xmin, clones)) = next else {
             pgrx::log!(
-                "cowclone: released the pin of database {}: no clones left",
+                "cowclone: released the pin of database {}: no clones or history left",
                 u32::from(self.source)
             );
             return false;
@@ -288,6 +358,7 @@ impl Holding {
         unsafe { slot::record_acquired(xmin) };
         self.xmin = xmin;
         self.clones = clones;
+        self.window_open = history::exists(self.source);
         self.hold();
         true
     }
@@ -378,6 +449,7 @@ pub extern "C-unwind" fn cowclone_pin_holder_main(arg: pg_sys::Datum) {
         return;
     };
     while BackgroundWorker::wait_latch(Some(RECHECK)) {
+        reload_settings_if_asked();
         if !holding.refresh() {
             return;
         }

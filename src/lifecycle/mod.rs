@@ -9,4 +9,5 @@ pub mod guard;
 pub mod holder;
 pub mod materialize;
 pub mod reconcile;
+pub mod retention;
 pub mod workers;

@@ -9,7 +9,7 @@
 //! tries again every second.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
@@ -18,10 +18,11 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::lifecycle::{holder, materialize, reconcile};
+use crate::lifecycle::materialize::reload_settings_if_asked;
+use crate::lifecycle::{holder, materialize, reconcile, retention};
 use crate::pg::error::CowError;
 use crate::pin::slot;
-use crate::state::{jobs, lineage, record, wal, witness};
+use crate::state::{history, jobs, lineage, record, wal, witness};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -88,6 +89,8 @@ struct Launcher {
     warned: BTreeSet<u32>,
     materializers: BTreeMap<u32, DynamicBackgroundWorker>,
     warned_materializers: BTreeSet<u32>,
+    /// When each source with history retention is marked next.
+    next_marks: BTreeMap<u32, Instant>,
 }
 
 impl Launcher {
@@ -123,8 +126,31 @@ impl Launcher {
         self.materializers.retain(|c, _| queued.contains(c));
     }
 
+    /// Marks the history of every source with retention whose mark is due
+    /// (`retention`). Here rather than in the holder: a transaction of the
+    /// holder's would end its advertised xmin, and standing it down meanwhile
+    /// would hold back every database at the window's start; the launcher's
+    /// own snapshots are as new as any.
+    fn record_histories(&mut self) {
+        reload_settings_if_asked();
+        let retained = BackgroundWorker::transaction(history::retained);
+        let now = Instant::now();
+        for &(source, _) in &retained {
+            if self.next_marks.get(&source).is_some_and(|&at| at > now) {
+                continue;
+            }
+            self.next_marks
+                .insert(source, now + retention::mark_interval());
+            let oid = pg_sys::Oid::from(source);
+            BackgroundWorker::transaction(move || retention::record_history(oid));
+        }
+        self.next_marks
+            .retain(|s, _| retained.iter().any(|(r, _)| r == s));
+    }
+
     fn tick(&mut self) {
         self.resume_materializations();
+        self.record_histories();
         // A materialization commits the lineage, then removes the witness:
         // a crash in between leaves one behind.
         for clone in BackgroundWorker::transaction(lineage::materialized_without_database) {
@@ -177,6 +203,9 @@ impl Launcher {
         if !unneeded.is_empty() && !uncertain {
             BackgroundWorker::transaction(move || release_unneeded(&unneeded));
         }
+        if !slot::history_slots().is_empty() {
+            BackgroundWorker::transaction(release_unneeded_history);
+        }
     }
 }
 
@@ -203,7 +232,43 @@ fn sources_with_clones() -> (BTreeMap<u32, String>, bool) {
             None => uncertain = true,
         }
     }
+    // A source with a history window keeps its pin (and so a holder) too.
+    for (source, _) in history::retained() {
+        sources.entry(source).or_insert_with(|| {
+            // SAFETY: a syscache lookup of pg_database, in a transaction.
+            let name = unsafe { pg_sys::get_database_name(pg_sys::Oid::from(source)) };
+            if name.is_null() {
+                source.to_string()
+            } else {
+                // SAFETY: a palloc'd NUL-terminated name.
+                unsafe { std::ffi::CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        });
+    }
     (sources, uncertain)
+}
+
+/// Drops history slots of sources whose retention is off (a failed
+/// `cow.set_retention`, or a holder that ended before it forgot them),
+/// rechecked under each source's lock.
+fn release_unneeded_history() {
+    let retained: Vec<u32> = history::retained().into_iter().map(|(s, _)| s).collect();
+    for (source, state) in slot::history_slots() {
+        if retained.contains(&u32::from(source)) || state.active_pid != 0 {
+            continue;
+        }
+        record::lock_source(source);
+        if history::retention_of(source).is_none() {
+            slot::drop_slot(&slot::history_slot_name(source));
+            history::remove(source);
+            pgrx::log!(
+                "cowclone: released the history of database {}: its retention is off",
+                u32::from(source)
+            );
+        }
+    }
 }
 
 /// Drops source slots no clone needs, rechecked under each source's lock

@@ -7,5 +7,6 @@
 
 pub mod advertised;
 pub mod age;
+pub mod exact;
 pub mod slot;
 pub mod snapshot;

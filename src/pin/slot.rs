@@ -24,6 +24,9 @@ use crate::pg::compat;
 /// Every slot cowclone makes starts with this.
 const COWCLONE_PREFIX: &str = "cowclone_";
 const SOURCE_PREFIX: &str = "cowclone_source_";
+/// A source's history slot (`state::history`): WAL only, never an xmin, so
+/// that `max_slot_wal_keep_size` invalidating it never takes a pin away.
+const HISTORY_PREFIX: &str = "cowclone_history_";
 /// Before 0.2.0 every clone had its own slot, `cowclone_<clone oid>`.
 const LEGACY_PREFIX: &str = "cowclone_";
 
@@ -46,6 +49,8 @@ pub struct SlotState {
     pub active_pid: i32,
     /// Persistent (ephemeral while its first clone is being made).
     pub persistent: bool,
+    /// The WAL it keeps (0 if none, or invalidated).
+    pub restart_lsn: u64,
 }
 
 /// Every slot whose name starts with cowclone's prefix.
@@ -71,6 +76,7 @@ fn cowclone_slots() -> Vec<(String, SlotState)> {
                 active_pid: (*slot).active_pid,
                 persistent: (*slot).data.persistency
                     == pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
+                restart_lsn: (*slot).data.restart_lsn,
             };
             pg_sys::SpinLockRelease(&mut (*slot).mutex);
             if name.starts_with(COWCLONE_PREFIX) {
@@ -106,6 +112,84 @@ pub fn legacy_slots() -> Vec<(pg_sys::Oid, SlotState)> {
         .collect()
 }
 
+pub fn history_slot_name(source: pg_sys::Oid) -> String {
+    format!("{HISTORY_PREFIX}{}", u32::from(source))
+}
+
+/// Every source's history slot, by source database.
+pub fn history_slots() -> Vec<(pg_sys::Oid, SlotState)> {
+    cowclone_slots()
+        .into_iter()
+        .filter_map(|(name, state)| Some((parse_oid(&name, HISTORY_PREFIX)?, state)))
+        .collect()
+}
+
+pub fn history_slot(source: pg_sys::Oid) -> Option<SlotState> {
+    history_slots()
+        .into_iter()
+        .find_map(|(oid, state)| (oid == source).then_some(state))
+}
+
+/// Makes the source's history slot, keeping WAL from the last checkpoint's
+/// redo position on. Fails (53400) when every replication slot is taken.
+///
+/// # Safety
+/// No slot acquired by this process; the caller holds the source lock.
+pub unsafe fn create_history_slot(source: pg_sys::Oid) {
+    // SAFETY: guaranteed by the caller; the slot is persistent from the
+    // start, reserves WAL as a physical slot does, and is saved and
+    // released before this returns.
+    unsafe {
+        compat::create_persistent_slot(&history_slot_name(source));
+        pg_sys::ReplicationSlotReserveWal();
+        pg_sys::ReplicationSlotMarkDirty();
+        pg_sys::ReplicationSlotSave();
+        pg_sys::ReplicationSlotRelease();
+    }
+}
+
+/// Lets the source's history slot release WAL before `lsn`.
+///
+/// # Safety
+/// No slot acquired by this process; the caller holds the source lock.
+pub unsafe fn advance_history_slot(source: pg_sys::Oid, lsn: u64) {
+    // SAFETY: guaranteed by the caller; the slot's fields are written under
+    // its spinlock, saved, and the cluster's WAL horizon recomputed.
+    unsafe {
+        compat::acquire_slot(&history_slot_name(source));
+        let slot = pg_sys::MyReplicationSlot;
+        pg_sys::SpinLockAcquire(&mut (*slot).mutex);
+        let moved = (*slot).data.restart_lsn != 0 && (*slot).data.restart_lsn < lsn;
+        if moved {
+            (*slot).data.restart_lsn = lsn;
+        }
+        pg_sys::SpinLockRelease(&mut (*slot).mutex);
+        if moved {
+            pg_sys::ReplicationSlotMarkDirty();
+            pg_sys::ReplicationSlotSave();
+            pg_sys::ReplicationSlotsComputeRequiredLSN();
+        }
+        pg_sys::ReplicationSlotRelease();
+    }
+}
+
+/// Runs `f` with this process's acquired slot (a source's pin, armed)
+/// released, then acquires it again: a process holds one slot at a time.
+///
+/// # Safety
+/// The acquired slot is armed and persistent; the caller holds the lock
+/// that keeps other cowclone processes from acquiring it meanwhile.
+pub unsafe fn with_acquired_released<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: guaranteed by the caller; the name is copied before release.
+    unsafe {
+        let name = pgrx::name_data_to_str(&(*pg_sys::MyReplicationSlot).data.name).to_string();
+        release_acquired();
+        let result = f();
+        compat::acquire_slot(&name);
+        result
+    }
+}
+
 pub fn source_slot(source: pg_sys::Oid) -> Option<SlotState> {
     source_slots()
         .into_iter()
@@ -134,6 +218,15 @@ unsafe fn set_acquired(recorded: pg_sys::TransactionId, effective: pg_sys::Trans
         pg_sys::LWLockRelease(control);
         pg_sys::ReplicationSlotsComputeRequiredXmin(false);
     }
+}
+
+/// The acquired slot's recorded pin.
+///
+/// # Safety
+/// This process must have acquired a slot.
+pub unsafe fn acquired_recorded_xmin() -> pg_sys::TransactionId {
+    // SAFETY: guaranteed by the caller.
+    unsafe { acquired_xmin() }
 }
 
 /// The acquired slot's recorded xmin.

@@ -102,14 +102,25 @@ pub fn pin_and_take(
         if taken == PinTaken::Created {
             slot::pin_acquired_at((*snapshot).xmin);
         }
-        let point = ClonePoint {
+        let point = point_of(&held);
+        (held, point, taken)
+    }
+}
+
+/// The point a registered snapshot just taken stands for: its running
+/// transactions, then the WAL insert position and the clock, read after it
+/// (`exact::refine` makes it exact at that position).
+pub fn point_of(held: &HeldSnapshot) -> ClonePoint {
+    // SAFETY: `held` is a registered MVCC snapshot.
+    unsafe {
+        let snapshot = held.0;
+        ClonePoint {
             xmin: u32::from((*snapshot).xmin),
             xmax: u32::from((*snapshot).xmax),
             running: running_transactions(snapshot),
             lsn: pg_sys::GetXLogInsertRecPtr(),
             taken_at: pg_sys::GetCurrentTimestamp(),
-        };
-        (held, point, taken)
+        }
     }
 }
 
@@ -144,5 +155,45 @@ unsafe fn running_transactions(snapshot: pg_sys::Snapshot) -> Vec<u32> {
         }
         running.sort_unstable();
         running
+    }
+}
+
+/// A clone point as an MVCC snapshot this backend owns, for reading the
+/// source as of the point while the clone is made. Every transaction
+/// running at the point is in `xip`, so pg_subtrans is never consulted. Not
+/// registered: it must not become this backend's advertised xmin, which
+/// may be newer (the point's own pin is the source's).
+pub struct PointSnapshot {
+    _running: Box<[pg_sys::TransactionId]>,
+    snapshot: Box<pg_sys::SnapshotData>,
+}
+
+impl PointSnapshot {
+    pub fn new(point: &ClonePoint) -> Self {
+        let mut running: Box<[pg_sys::TransactionId]> = point
+            .running
+            .iter()
+            .map(|&xid| pg_sys::TransactionId::from(xid))
+            .collect();
+        // SAFETY: SnapshotData is a plain C struct for which all-zero is a
+        // valid (empty) value; the fields an MVCC check reads are set below.
+        let mut snapshot: Box<pg_sys::SnapshotData> = Box::new(unsafe { std::mem::zeroed() });
+        snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_MVCC;
+        snapshot.xmin = pg_sys::TransactionId::from(point.xmin);
+        snapshot.xmax = pg_sys::TransactionId::from(point.xmax);
+        snapshot.xip = running.as_mut_ptr();
+        snapshot.xcnt = running.len() as u32;
+        snapshot.suboverflowed = false;
+        snapshot.takenDuringRecovery = false;
+        snapshot.copied = true;
+        crate::pg::compat::set_snapshot_lsn(&mut snapshot, point.lsn);
+        Self {
+            _running: running,
+            snapshot,
+        }
+    }
+
+    pub fn as_ptr(&mut self) -> pg_sys::Snapshot {
+        &mut *self.snapshot
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! May use: `pg`, `pin`.
 
+pub mod history;
 pub mod jobs;
 pub mod lineage;
 pub mod record;

@@ -195,7 +195,7 @@ pub fn data_dir() -> PathBuf {
     PathBuf::from(data_dir)
 }
 
-fn state_dir() -> PathBuf {
+pub(super) fn state_dir() -> PathBuf {
     data_dir().join(STATE_DIR)
 }
 
@@ -214,7 +214,7 @@ fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> ! {
 
 /// Writes a file in `pg_cowclone/` durably: temporary file, fsync, rename,
 /// fsync directory.
-fn write_file(path: &std::path::Path, contents: &[u8]) {
+pub(super) fn write_file(path: &std::path::Path, contents: &[u8]) {
     let dir = state_dir();
     fs::create_dir_all(&dir).unwrap_or_else(|e| io_error("create directory", &dir, e));
     let temporary = path.with_extension("tmp");
@@ -653,6 +653,14 @@ pub fn lock_source(source: pg_sys::Oid) {
 
 pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// Reads a WAL position written as pg_lsn writes it (`16/B374D848`).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.trim().split_once('/')?;
+    let high = u32::from_str_radix(high, 16).ok()?;
+    let low = u32::from_str_radix(low, 16).ok()?;
+    Some((u64::from(high) << 32) | u64::from(low))
 }
 
 #[cfg(test)]

@@ -192,7 +192,7 @@ impl Pace {
     }
 }
 
-fn reload_settings_if_asked() {
+pub(crate) fn reload_settings_if_asked() {
     if BackgroundWorker::sighup_received() {
         // SAFETY: what a worker does on SIGHUP, between two pages.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };

@@ -24,7 +24,7 @@ pub struct Outcome {
 
 /// The clone's OID, once the caller may change it: its owner (with the
 /// owner's privileges) or a superuser, as for ALTER DATABASE.
-fn owned_database(name: &str, action: &str) -> pg_sys::Oid {
+pub(crate) fn owned_database(name: &str, action: &str) -> pg_sys::Oid {
     let clone = database_oid(name);
     if clone == pg_sys::InvalidOid {
         CowError::new(

@@ -106,6 +106,33 @@ pub unsafe fn create_ephemeral_slot(name: &str) {
     }
 }
 
+/// Creates a persistent physical replication slot owned by this backend.
+///
+/// # Safety
+/// No slot may be acquired by this backend yet.
+pub unsafe fn create_persistent_slot(name: &str) {
+    let name = CString::new(name).expect("slot names have no NUL");
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        #[cfg(before_pg17)]
+        pg_sys::ReplicationSlotCreate(
+            name.as_ptr(),
+            false,
+            pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
+            false,
+        );
+        #[cfg(not(before_pg17))]
+        pg_sys::ReplicationSlotCreate(
+            name.as_ptr(),
+            false,
+            pg_sys::ReplicationSlotPersistency::RS_PERSISTENT,
+            false,
+            false,
+            false,
+        );
+    }
+}
+
 /// Records the WAL position a hand-built snapshot was taken at (18 no
 /// longer keeps one: it served only the removed "snapshot too old").
 pub fn set_snapshot_lsn(snapshot: &mut pg_sys::SnapshotData, lsn: pg_sys::XLogRecPtr) {

@@ -18,8 +18,10 @@ mod access_method;
 mod catalog;
 mod locking;
 mod storage;
+mod wal;
 
 pub use access_method::*;
 pub use catalog::*;
 pub use locking::*;
 pub use storage::*;
+pub use wal::*;
