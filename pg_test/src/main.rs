@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pg_test::bench::{Benchmark, MaterializeBenchOptions, PinBenchOptions};
+use pg_test::bench::{Benchmark, HistoryBenchOptions, MaterializeBenchOptions, PinBenchOptions};
 use pg_test::cluster::{Cluster, ClusterConfig};
 use pg_test::extension::{build_and_install, Profile};
 use pg_test::install::{parse_major_choice, MajorChoice, PgInstall, DEFAULT_MAJOR};
@@ -23,6 +23,7 @@ fn usage() -> &'static str {
   bench --writes [--quick] [--pg N]
   bench --pin [--quick] [--pg N]
   bench --materialize [--quick] [--pg N]
+  bench --history [--quick] [--pg N]
                                           cowclone vs TEMPLATE vs pg_dump|pg_restore, as ratios"
 }
 
@@ -77,6 +78,7 @@ struct Flags {
     writes: bool,
     pin: bool,
     materialize: bool,
+    history: bool,
     scales: Option<Vec<u32>>,
 }
 
@@ -114,6 +116,7 @@ fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, 
             "--writes" => flags.writes = true,
             "--pin" => flags.pin = true,
             "--materialize" => flags.materialize = true,
+            "--history" => flags.history = true,
             "--scales" => {
                 let v = value()?;
                 let scales: Option<Vec<u32>> = v
@@ -201,11 +204,18 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
                     "--writes",
                     "--pin",
                     "--materialize",
+                    "--history",
                 ],
             )?;
             let pg = pg_of(&flags)?;
             setup::setup(&pg)?;
-            let benchmark = if flags.materialize {
+            let benchmark = if flags.history {
+                Benchmark::History(if flags.quick {
+                    HistoryBenchOptions::quick()
+                } else {
+                    HistoryBenchOptions::standard()
+                })
+            } else if flags.materialize {
                 Benchmark::Materialize(if flags.quick {
                     MaterializeBenchOptions::quick()
                 } else {

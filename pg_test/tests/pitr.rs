@@ -658,3 +658,199 @@ fn the_history_survives_restart_and_crash_and_pins_its_source_alone() {
     // The holder goes on marking after both.
     wait_for_mark_after_now(&cluster);
 }
+
+#[test]
+fn history_cut_short_by_max_slot_wal_keep_size_is_refused_never_guessed() {
+    let cluster = start_test_cluster(|c| {
+        c.settings.push("cow.retention_mark_interval = 1".into());
+        c.settings.push("max_slot_wal_keep_size = 16MB".into());
+        c.settings.push("max_wal_size = 64MB".into());
+    })
+    .unwrap();
+    cluster
+        .psql("postgres", "CREATE EXTENSION cowclone")
+        .unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql(
+            "prod",
+            "CREATE EXTENSION cowclone; CREATE TABLE t (i int); INSERT INTO t VALUES (1)",
+        )
+        .unwrap();
+    cluster
+        .psql(
+            "postgres",
+            "SELECT cow.set_retention('prod', interval '1 hour')",
+        )
+        .unwrap();
+    wait_for_window(&cluster);
+    let lost = rows(&cluster, "prod", "SELECT pg_current_wal_insert_lsn()");
+    cluster.psql("prod", "INSERT INTO t VALUES (2)").unwrap();
+    wait_for_mark_after_now(&cluster);
+    // More WAL than max_slot_wal_keep_size lets the slot keep, then a
+    // checkpoint: PostgreSQL invalidates the history slot.
+    for _ in 0..5 {
+        cluster
+            .psql(
+                "prod",
+                "CREATE TABLE filler AS SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g; DROP TABLE filler; SELECT pg_switch_wal()",
+            )
+            .unwrap();
+    }
+    cluster.psql("postgres", "CHECKPOINT").unwrap();
+    wait_until(
+        "the history slot to be invalidated and made again",
+        Duration::from_secs(30),
+        || {
+            rows(
+                &cluster,
+                "postgres",
+                &format!("SELECT window_start_lsn > '{}' FROM cow.retention", lost[0]),
+            ) == ["t"]
+        },
+    );
+    assert!(
+        cluster.log().contains("was lost"),
+        "the loss of the history is logged"
+    );
+    let e = err(
+        &cluster,
+        "postgres",
+        &format!(
+            "SELECT cow.clone('prod', 'gone', as_of_lsn => '{}')",
+            lost[0]
+        ),
+    );
+    assert_eq!(sqlstate(&e), "55000", "{e}");
+    // The new window works.
+    let point = rows(&cluster, "prod", "SELECT pg_current_wal_insert_lsn()");
+    cluster.psql("prod", "INSERT INTO t VALUES (3)").unwrap();
+    wait_for_mark_after_now(&cluster);
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT cow.clone('prod', 'kept', as_of_lsn => '{}')",
+                point[0]
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        rows(&cluster, "kept", "SELECT i FROM t ORDER BY i"),
+        ["1", "2"]
+    );
+}
+
+#[test]
+fn a_point_in_time_clone_reaches_a_standby_and_a_promoted_one_starts_its_window_again() {
+    let cluster = retained_prod("CREATE TABLE t (i int PRIMARY KEY); INSERT INTO t VALUES (1);");
+    let point = rows(&cluster, "prod", "SELECT pg_current_wal_insert_lsn()");
+    cluster.psql("prod", "INSERT INTO t VALUES (2)").unwrap();
+    wait_for_mark_after_now(&cluster);
+    let mut config = pg_test::ClusterConfig::for_tests().unwrap();
+    config
+        .settings
+        .push("cow.retention_mark_interval = 1".into());
+    // A standby needs at least the primary's max_prepared_transactions.
+    config
+        .settings
+        .push("max_prepared_transactions = 4".into());
+    let mut standby = cluster.base_backup(config, true).unwrap();
+    standby.start().unwrap();
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT cow.clone('prod', 'then', as_of_lsn => '{}')",
+                point[0]
+            ),
+        )
+        .unwrap();
+    cluster.wait_for_replay(&standby).unwrap();
+    for plan in PLANS {
+        assert_eq!(
+            rows(
+                &standby,
+                "then",
+                &format!("{plan} SELECT i FROM t WHERE i > 0 ORDER BY i")
+            ),
+            ["1"],
+            "the standby under {plan}"
+        );
+    }
+    // A standby records no history and makes no clones.
+    assert_eq!(
+        rows(
+            &standby,
+            "postgres",
+            "SELECT database, window_start_lsn IS NULL FROM cow.retention"
+        ),
+        ["prod|t"]
+    );
+    for sql in [
+        "SELECT cow.set_retention('prod', NULL)".to_string(),
+        format!("SELECT cow.clone('prod', 'x', as_of_lsn => '{}')", point[0]),
+    ] {
+        let e = standby
+            .connect("postgres")
+            .unwrap()
+            .batch_execute(&sql)
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "25006", "{sql}");
+    }
+    // Promoted, it keeps retention on and starts a window of its own.
+    standby.promote().unwrap();
+    wait_until(
+        "the promoted server's first mark",
+        Duration::from_secs(30),
+        || {
+            rows(
+                &standby,
+                "postgres",
+                &format!(
+                    "SELECT window_start_lsn > '{}' FROM cow.retention",
+                    point[0]
+                ),
+            ) == ["t"]
+        },
+    );
+    let e = standby
+        .connect("postgres")
+        .unwrap()
+        .batch_execute(&format!(
+            "SELECT cow.clone('prod', 'x', as_of_lsn => '{}')",
+            point[0]
+        ))
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&e),
+        "55000",
+        "a point before the promoted server's window"
+    );
+    let after = rows(&standby, "prod", "SELECT pg_current_wal_insert_lsn()");
+    standby.psql("prod", "INSERT INTO t VALUES (3)").unwrap();
+    wait_until("a mark after the point", Duration::from_secs(30), || {
+        rows(
+            &standby,
+            "postgres",
+            &format!(
+                "SELECT newest_mark_lsn >= '{}' FROM cow.retention",
+                after[0]
+            ),
+        ) == ["t"]
+    });
+    standby
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT cow.clone('prod', 'later', as_of_lsn => '{}')",
+                after[0]
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        rows(&standby, "later", "SELECT i FROM t ORDER BY i"),
+        ["1", "2"]
+    );
+    assert_eq!(rows(&standby, "then", "SELECT i FROM t ORDER BY i"), ["1"]);
+}

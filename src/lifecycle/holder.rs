@@ -261,6 +261,7 @@ impl Holding {
         let Some(target) = history::load(self.source).pin_target else {
             return;
         };
+        self.window_open = true;
         let target = pg_sys::TransactionId::from(target);
         if !precedes(self.xmin, target) {
             return;

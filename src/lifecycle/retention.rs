@@ -153,7 +153,23 @@ pub fn record_history(source: pg_sys::Oid) {
             slot::release_acquired();
         }
     }
-    mark(source, keep);
+    let history = mark(source, keep);
+    // With no holder (none could start), the slot's pin is the one in force:
+    // move it up to the target here, or the window would pin the source
+    // ever further back.
+    if let (Some(target), Some(state)) = (history.pin_target, slot::source_slot(source)) {
+        if state.active_pid == 0 && state.persistent && (state.xmin.wrapping_sub(target) as i32) < 0
+        {
+            // SAFETY: the slot is inactive, seen under the source lock that
+            // every cowclone process takes before acquiring it; no slot is
+            // acquired here; the target holds everything the source needs.
+            unsafe {
+                slot::acquire(&slot::source_slot_name(source));
+                slot::record_acquired(pg_sys::TransactionId::from(target));
+            }
+            slot::release_acquired();
+        }
+    }
 }
 
 /// Ends `source`'s history: its slot and marks go. In a transaction holding
@@ -255,13 +271,25 @@ pub struct RetentionRow {
 }
 
 pub fn rows() -> Vec<RetentionRow> {
-    // SAFETY: a plain read of the WAL insert position.
-    let insert = unsafe { pg_sys::GetXLogInsertRecPtr() };
+    // SAFETY: reads shared recovery state.
+    let standby = unsafe { pg_sys::RecoveryInProgress() };
+    // SAFETY: a plain read of the WAL insert position (not during recovery).
+    let insert = if standby {
+        0
+    } else {
+        unsafe { pg_sys::GetXLogInsertRecPtr() }
+    };
     history::retained()
         .into_iter()
         .map(|(database, keep_micros)| {
             let oid = pg_sys::Oid::from(database);
-            let history = history::load(oid);
+            // No marks are recorded during recovery; a file a base backup
+            // carried is the primary's, of no use here.
+            let history = if standby {
+                History::default()
+            } else {
+                history::load(oid)
+            };
             let kept = slot::history_slot(oid);
             RetentionRow {
                 database,

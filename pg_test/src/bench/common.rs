@@ -129,13 +129,20 @@ pub const MATERIALIZE_SECTION: DocsSection = DocsSection {
     end: "<!-- /materialize -->",
 };
 
+/// `bench --history`'s section.
+pub const HISTORY_SECTION: DocsSection = DocsSection {
+    start: "<!-- history: written by `bench --history` -->",
+    end: "<!-- /history -->",
+};
+
 /// The sections the creation benchmark keeps, in this order, after its own
 /// text when it rewrites the whole file.
-pub const OWNED_SECTIONS: [DocsSection; 4] = [
+pub const OWNED_SECTIONS: [DocsSection; 5] = [
     READS_SECTION,
     WRITES_SECTION,
     PIN_SECTION,
     MATERIALIZE_SECTION,
+    HISTORY_SECTION,
 ];
 
 impl DocsSection {

@@ -9,16 +9,20 @@
 //! - [`reads`] (`--reads`): reading a clone vs reading its source;
 //! - [`writes`] (`--writes`): writing in a clone vs in a plain copy;
 //! - [`pin`] (`--pin`): what a clone's pin costs other databases and the clone;
-//! - [`materialize`] (`--materialize`): materializing a clone vs `TEMPLATE` copies.
+//! - [`materialize`] (`--materialize`): materializing a clone vs `TEMPLATE` copies;
+//! - [`history`] (`--history`): what a history window costs its source and
+//!   others, and cloning as of points of it.
 
 pub mod common;
 pub mod creation;
+pub mod history;
 pub mod materialize;
 pub mod pin;
 pub mod reads;
 pub mod writes;
 
 pub use creation::BenchOptions;
+pub use history::HistoryBenchOptions;
 pub use materialize::MaterializeBenchOptions;
 pub use pin::PinBenchOptions;
 pub use reads::ReadBenchOptions;
@@ -34,6 +38,7 @@ pub enum Benchmark {
     Writes(WriteBenchOptions),
     Pin(PinBenchOptions),
     Materialize(MaterializeBenchOptions),
+    History(HistoryBenchOptions),
 }
 
 impl Benchmark {
@@ -74,6 +79,7 @@ pub fn run(pg: &PgInstall, benchmark: &Benchmark) -> Result<()> {
         Benchmark::Writes(options) => writes::run(pg, options),
         Benchmark::Pin(options) => pin::run(pg, options),
         Benchmark::Materialize(options) => materialize::run(pg, options),
+        Benchmark::History(options) => history::run(pg, options),
     }
 }
 
