@@ -187,7 +187,7 @@ pub fn run(pg: &PgInstall) -> Result<()> {
     // happens; a clone as of just before it shows what was lost.
     one(
         &cluster,
-        "postgres",
+        "prod",
         "SELECT cow.set_retention('prod', interval '1 hour')",
     )?;
     wait_for(
@@ -205,7 +205,7 @@ pub fn run(pg: &PgInstall) -> Result<()> {
     )?;
     let forensic = one(
         &cluster,
-        "postgres",
+        "prod",
         &format!("SELECT format('as of %s (WAL %s) in %s ms', clone_point_time, clone_point_lsn, round(elapsed_ms::numeric)) FROM cow.clone('prod', 'forensics', as_of => '{before}')"),
     )?;
     let history_rows = "SELECT count(*) || ' history rows' FROM pgbench_history";
@@ -216,14 +216,10 @@ pub fn run(pg: &PgInstall) -> Result<()> {
    the window: {}",
         one(&cluster, "forensics", history_rows)?,
         one(&cluster, "prod", history_rows)?,
-        one(&cluster, "postgres", "SELECT format('from %s, %s marks, %s kB of WAL kept', window_start_time, marks, wal_kept_bytes / 1024) FROM cow.retention")?
+        one(&cluster, "prod", "SELECT format('from %s, %s marks, %s kB of WAL kept', window_start_time, marks, wal_kept_bytes / 1024) FROM cow.retention")?
     ));
     cluster.psql("postgres", "DROP DATABASE forensics")?;
-    one(
-        &cluster,
-        "postgres",
-        "SELECT cow.set_retention('prod', NULL)",
-    )?;
+    one(&cluster, "prod", "SELECT cow.set_retention('prod', NULL)")?;
     let materialized = one(
         &cluster,
         "prod",
@@ -256,10 +252,10 @@ pub fn run(pg: &PgInstall) -> Result<()> {
     Ok(())
 }
 
-/// Polls a yes/no query in `postgres` until it answers yes (30 s at most).
+/// Polls a yes/no query in `prod` until it answers yes (30 s at most).
 fn wait_for(cluster: &Cluster, sql: &str) -> Result<()> {
     for _ in 0..300 {
-        if one(cluster, "postgres", sql)? == "t" {
+        if one(cluster, "prod", sql)? == "t" {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

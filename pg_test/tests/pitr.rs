@@ -752,9 +752,7 @@ fn a_point_in_time_clone_reaches_a_standby_and_a_promoted_one_starts_its_window_
         .settings
         .push("cow.retention_mark_interval = 1".into());
     // A standby needs at least the primary's max_prepared_transactions.
-    config
-        .settings
-        .push("max_prepared_transactions = 4".into());
+    config.settings.push("max_prepared_transactions = 4".into());
     let mut standby = cluster.base_backup(config, true).unwrap();
     standby.start().unwrap();
     cluster
