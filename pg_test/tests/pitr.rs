@@ -148,7 +148,7 @@ fn lsn_and_time(client: &mut postgres::Client) -> (String, String) {
 /// VACUUM runs in between. After each commit (and inside some transactions,
 /// before their commit) the WAL position and time are logged with the
 /// state the log says the source then held.
-fn run_workload(cluster: &Cluster) -> Vec<(Point, Model)> {
+fn run_workload(cluster: &Cluster) -> Vec<(Point, Model, String)> {
     let mut main = cluster.connect("prod").unwrap();
     let mut long = cluster.connect("prod").unwrap();
     let mut prepared = cluster.connect("prod").unwrap();
@@ -159,10 +159,10 @@ fn run_workload(cluster: &Cluster) -> Vec<(Point, Model)> {
     }
     model.balances.insert(100, 0);
     let mut log = Vec::new();
-    let record = |client: &mut postgres::Client, model: &Model, log: &mut Vec<_>| {
+    let record = |client: &mut postgres::Client, model: &Model, log: &mut Vec<_>, label: String| {
         let (lsn, time) = lsn_and_time(client);
-        log.push((Point::Lsn(lsn), model.clone()));
-        log.push((Point::Time(time), model.clone()));
+        log.push((Point::Lsn(lsn), model.clone(), label.clone()));
+        log.push((Point::Time(time), model.clone(), label));
     };
     for n in 1..=60 {
         if n == 5 {
@@ -202,7 +202,7 @@ fn run_workload(cluster: &Cluster) -> Vec<(Point, Model)> {
         main.batch_execute(&sql).unwrap();
         if n % 3 == 0 {
             // A point inside the transaction: before its commit.
-            record(&mut main, &model, &mut log);
+            record(&mut main, &model, &mut log, format!("inside {n}"));
         }
         if n % 7 == 3 {
             main.batch_execute("ROLLBACK").unwrap();
@@ -215,17 +215,22 @@ fn run_workload(cluster: &Cluster) -> Vec<(Point, Model)> {
                 *model.balances.get_mut(&((n + 1) % 20)).unwrap() += 1;
             }
         }
-        record(&mut main, &model, &mut log);
+        record(&mut main, &model, &mut log, format!("after {n}"));
         if n == 30 {
             prepared.batch_execute("COMMIT PREPARED 'p10'").unwrap();
             model.ledger.insert(800010, "prepared".into());
-            record(&mut prepared, &model, &mut log);
+            record(
+                &mut prepared,
+                &model,
+                &mut log,
+                "after the prepared one".into(),
+            );
         }
         if n == 40 {
             long.batch_execute("COMMIT").unwrap();
             model.ledger.insert(900005, "long".into());
             *model.balances.get_mut(&100).unwrap() += 1000;
-            record(&mut long, &model, &mut log);
+            record(&mut long, &model, &mut log, "after the long one".into());
         }
         if n % 10 == 0 {
             probe.batch_execute("VACUUM acct, ledger").unwrap();
@@ -249,12 +254,19 @@ fn twenty_points_hold_exactly_the_transactions_committed_before_them() {
     // commits (a point inside a transaction and the one after the commit
     // before it), including points while the long and the prepared
     // transaction were open and after each committed.
-    let step = log.len() / 20;
-    let mut chosen: Vec<usize> = (0..20).map(|i| i * step + (i % 2)).collect();
+    let between: Vec<usize> = (0..log.len())
+        .filter(|&i| log[i].2 == "after 29" || log[i].2 == "inside 30")
+        .collect();
+    assert_eq!(between.len(), 4, "both forms after commit 29 and inside 30");
+    let others: Vec<usize> = (0..log.len()).filter(|i| !between.contains(i)).collect();
+    let step = others.len() / 16;
+    let mut chosen: Vec<usize> = (0..16).map(|i| others[i * step + (i % 2)]).collect();
+    chosen.extend(&between);
+    chosen.sort_unstable();
     chosen.dedup();
     assert!(chosen.len() >= 20, "{} points", chosen.len());
     for (k, &i) in chosen.iter().enumerate() {
-        let (point, model) = &log[i];
+        let (point, model, label) = &log[i];
         let clone = format!("pit_{k}");
         let made = rows(
             &cluster,
@@ -271,7 +283,12 @@ fn twenty_points_hold_exactly_the_transactions_committed_before_them() {
                 "the clone reports the point asked"
             );
         }
-        assert_clone_is(&cluster, &clone, model, &format!("{clone} as of {point:?}"));
+        assert_clone_is(
+            &cluster,
+            &clone,
+            model,
+            &format!("{clone} as of {point:?} ({label})"),
+        );
         assert_eq!(
             rows(
                 &cluster,
@@ -624,7 +641,7 @@ fn the_history_survives_restart_and_crash_and_pins_its_source_alone() {
 
     cluster.stop().unwrap();
     cluster.start().unwrap();
-    let (point, model) = &log[log.len() / 3];
+    let (point, model, _) = &log[log.len() / 3];
     cluster
         .psql(
             "postgres",
@@ -638,7 +655,7 @@ fn the_history_survives_restart_and_crash_and_pins_its_source_alone() {
 
     cluster.crash().unwrap();
     cluster.start().unwrap();
-    let (point, model) = &log[log.len() / 2 + 1];
+    let (point, model, _) = &log[log.len() / 2 + 1];
     cluster
         .psql(
             "postgres",
