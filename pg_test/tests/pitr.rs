@@ -326,6 +326,16 @@ fn twenty_points_hold_exactly_the_transactions_committed_before_them() {
         &log[chosen[7]].1,
         "pit_7 after the source's VACUUM",
     );
+    // A clone of a past point materializes like any clone, into its point's rows.
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT status FROM cow.materialize('pit_7')"
+        ),
+        ["materialized"]
+    );
+    assert_clone_is(&cluster, "pit_7", &log[chosen[7]].1, "pit_7 materialized");
 }
 
 fn err(cluster: &Cluster, db: &str, sql: &str) -> postgres::Error {
@@ -868,4 +878,74 @@ fn a_point_in_time_clone_reaches_a_standby_and_a_promoted_one_starts_its_window_
         ["1", "2"]
     );
     assert_eq!(rows(&standby, "then", "SELECT i FROM t ORDER BY i"), ["1"]);
+}
+
+#[test]
+fn without_a_holder_the_launcher_keeps_marking_and_moves_the_pin_up() {
+    // The cowclone launcher and the logical replication launcher: no room
+    // for a holder.
+    let cluster = start_test_cluster(|c| {
+        c.settings.push("cow.retention_mark_interval = 1".into());
+        c.settings.push("max_worker_processes = 2".into());
+        c.settings.push("max_parallel_workers = 0".into());
+    })
+    .unwrap();
+    cluster
+        .psql("postgres", "CREATE EXTENSION cowclone")
+        .unwrap();
+    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
+    cluster
+        .psql(
+            "prod",
+            "CREATE EXTENSION cowclone; CREATE TABLE t (i int); INSERT INTO t VALUES (1)",
+        )
+        .unwrap();
+    cluster
+        .psql(
+            "postgres",
+            "SELECT cow.set_retention('prod', interval '2 seconds')",
+        )
+        .unwrap();
+    wait_for_window(&cluster);
+    let slot_xmin = || {
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT xmin::text::bigint FROM pg_replication_slots WHERE slot_name LIKE 'cowclone_source_%'",
+        )[0]
+        .parse::<i64>()
+        .unwrap()
+    };
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT scope, holder_pid IS NULL FROM cow.pins"
+        ),
+        ["cluster-wide|t"],
+        "no holder could start"
+    );
+    let before = slot_xmin();
+    let point = rows(&cluster, "prod", "SELECT pg_current_wal_insert_lsn()");
+    for i in 2..=20 {
+        cluster
+            .psql("prod", &format!("INSERT INTO t VALUES ({i})"))
+            .unwrap();
+    }
+    wait_for_mark_after_now(&cluster);
+    cluster
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT cow.clone('prod', 'past', as_of_lsn => '{}')",
+                point[0]
+            ),
+        )
+        .unwrap();
+    assert_eq!(rows(&cluster, "past", "SELECT i FROM t"), ["1"]);
+    cluster.psql("postgres", "DROP DATABASE past").unwrap();
+    // The window slides past the inserts: the slot's pin follows it.
+    wait_until("the slot's pin to move up", Duration::from_secs(30), || {
+        slot_xmin() >= before + 19
+    });
 }

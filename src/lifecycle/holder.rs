@@ -1,7 +1,8 @@
 //! A source's pin holder: one background worker per source database with
-//! live clones, connected to that database and advertising the oldest clone
-//! point xmin among its clones, so that vacuum is held back in the source
-//! alone (`pin::advertised`). The source's slot stays the durable record
+//! live clones or a history window, connected to that database and
+//! advertising the oldest xmin among its clones' clone points and the
+//! window's marks, so that vacuum is held back in the source alone
+//! (`pin::advertised`). The source's slot stays the durable record
 //! (`pin::slot`); the holder keeps it acquired, disarmed while it holds.
 //!
 //! The one rule everything here keeps: at every instant the slot is armed,
@@ -14,7 +15,12 @@
 //!   clone creation holds until commit (so no clone point newer than the
 //!   old pin but older than the new one is in flight), then advertised again
 //!   and the slot disarmed. New clones never need the pin to move down:
-//!   snapshot xmins never go backwards. While it holds, the holder runs
+//!   snapshot xmins never go backwards, and a clone of a past point is of
+//!   the window, which the pin already holds.
+//! - Following the window: the launcher slides it and computes, under the
+//!   source lock, the pin the source then needs; the holder moves its
+//!   advertised xmin up to that without a transaction (`follow_window`).
+//!   While it holds, the holder runs
 //!   no transaction (its end would clear the advertised xmin), so it
 //!   notices a dropped clone by its witness file going with the database's
 //!   directory, not by reading the catalog; the recount then reads the
@@ -298,14 +304,15 @@ impl Holding {
             // SAFETY: as in `stand_down`.
             unsafe { slot::arm_acquired() };
         }
-        // The clones the pin was computed for, read under the source lock; a
-        // clone added since has a newer clone point and changes nothing. A
-        // DROP DATABASE removes the witness before its transaction commits:
-        // a recount then still sees the clone, and counts again (at the
-        // next check, or woken at its commit) until it is gone.
         self.follow_window();
-        // The window ended (retention switched off) with no clones left:
-        // count again, which lets the pin go.
+        // The clones the pin was computed for, read under the source lock; a
+        // clone added since has a clone point no older than the pin (a
+        // newer snapshot, or a point of the window the pin holds) and
+        // changes nothing. A DROP DATABASE removes the witness before its
+        // transaction commits: a recount then still sees the clone, and
+        // counts again (at the next check, or woken at its commit) until it
+        // is gone. The end of a window (retention switched off, its marks
+        // file removed) calls for a recount too: the pin may move up, or go.
         let due = self.window_open && !history::exists(self.source);
         if !due
             && self

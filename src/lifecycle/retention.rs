@@ -53,8 +53,8 @@ fn now() -> i64 {
 /// Records a mark of `source` now and slides its window to `keep_micros`;
 /// makes the history slot first if it is missing or was invalidated (the
 /// history then starts again). In a transaction holding the source lock,
-/// with the source's pin slot acquired and armed (so the mark's snapshot is
-/// pinned) or no slot acquired.
+/// in a process with no slot acquired (the launcher), while the source's
+/// pin is in force: the mark's snapshot is newer than it.
 pub fn mark(source: pg_sys::Oid, keep_micros: i64) -> History {
     let mut history = history::load(source);
     let kept = slot::history_slot(source);
@@ -66,21 +66,11 @@ pub fn mark(source: pg_sys::Oid, keep_micros: i64) -> History {
             );
         }
         history.marks.clear();
-        let remake = || {
-            if kept.is_some() {
-                slot::drop_slot(&slot::history_slot_name(source));
-            }
-            // SAFETY: no slot acquired here (released around this closure
-            // when the pin slot is); the caller holds the source lock.
-            unsafe { slot::create_history_slot(source) };
-        };
-        if slot::has_acquired() {
-            // SAFETY: the caller's pin slot is armed and persistent, and
-            // the source lock keeps other cowclone processes from it.
-            unsafe { slot::with_acquired_released(remake) };
-        } else {
-            remake();
+        if kept.is_some() {
+            slot::drop_slot(&slot::history_slot_name(source));
         }
+        // SAFETY: no slot acquired here; the caller holds the source lock.
+        unsafe { slot::create_history_slot(source) };
     }
     let held = HeldSnapshot::latest();
     let point = exact::refine(&snapshot::point_of(&held));
@@ -91,17 +81,8 @@ pub fn mark(source: pg_sys::Oid, keep_micros: i64) -> History {
     history.pin_target = pin_target(source, &history);
     history::save(&history);
     if let Some(start) = history.start() {
-        let start = start.point.lsn;
-        let advance = move || {
-            // SAFETY: as in `remake`.
-            unsafe { slot::advance_history_slot(source, start) }
-        };
-        if slot::has_acquired() {
-            // SAFETY: as above.
-            unsafe { slot::with_acquired_released(advance) };
-        } else {
-            advance();
-        }
+        // SAFETY: as above; the marks before `start` are gone from the file.
+        unsafe { slot::advance_history_slot(source, start.point.lsn) };
     }
     history
 }
@@ -173,18 +154,10 @@ pub fn record_history(source: pg_sys::Oid) {
 }
 
 /// Ends `source`'s history: its slot and marks go. In a transaction holding
-/// the source lock, with no slot acquired or the pin slot acquired and armed.
+/// the source lock, in a process with no slot acquired.
 pub fn forget(source: pg_sys::Oid) {
     if slot::history_slot(source).is_some() {
-        let name = slot::history_slot_name(source);
-        if slot::has_acquired() {
-            // SAFETY: as in `mark`.
-            unsafe {
-                slot::with_acquired_released(|| slot::drop_slot(&name));
-            }
-        } else {
-            slot::drop_slot(&name);
-        }
+        slot::drop_slot(&slot::history_slot_name(source));
     }
     history::remove(source);
 }

@@ -173,23 +173,6 @@ pub unsafe fn advance_history_slot(source: pg_sys::Oid, lsn: u64) {
     }
 }
 
-/// Runs `f` with this process's acquired slot (a source's pin, armed)
-/// released, then acquires it again: a process holds one slot at a time.
-///
-/// # Safety
-/// The acquired slot is armed and persistent; the caller holds the lock
-/// that keeps other cowclone processes from acquiring it meanwhile.
-pub unsafe fn with_acquired_released<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: guaranteed by the caller; the name is copied before release.
-    unsafe {
-        let name = pgrx::name_data_to_str(&(*pg_sys::MyReplicationSlot).data.name).to_string();
-        release_acquired();
-        let result = f();
-        compat::acquire_slot(&name);
-        result
-    }
-}
-
 pub fn source_slot(source: pg_sys::Oid) -> Option<SlotState> {
     source_slots()
         .into_iter()
