@@ -359,7 +359,14 @@ fn the_catalog_is_the_points_and_rewritten_storage_is_refused() {
         println!("{what}: {}", p[0]);
         p[0].clone()
     };
+    // A session's temporary table, alive at p0 and gone later: a clone gets
+    // no storage for it, so its going refuses nothing.
+    let mut session = cluster.connect("prod").unwrap();
+    session
+        .batch_execute("CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1)")
+        .unwrap();
     let p0 = point("before DDL");
+    drop(session);
     cluster
         .psql(
             "prod",
@@ -386,6 +393,13 @@ fn the_catalog_is_the_points_and_rewritten_storage_is_refused() {
             &format!("SELECT cow.clone('prod', '{name}', as_of_lsn => '{lsn}')"),
         )
     };
+    wait_until("the temporary table to go", Duration::from_secs(30), || {
+        rows(
+            &cluster,
+            "prod",
+            "SELECT count(*) FROM pg_class WHERE relname = 'scratch'",
+        ) == ["0"]
+    });
     clone("at_p0", &p0).unwrap();
     assert_eq!(
         rows(

@@ -175,7 +175,13 @@ pub fn refuse_rewritten(
     let current = source.relations(now.0);
     let gone: Vec<&SourceRelation> = at_point
         .iter()
-        .filter(|r| !r.shared && r.has_storage() && source.relation_map.filenode(r.oid).is_none())
+        // Other sessions' temporary relations get no storage in a clone.
+        .filter(|r| {
+            !r.shared
+                && r.has_storage()
+                && r.persistence != b't'
+                && source.relation_map.filenode(r.oid).is_none()
+        })
         .filter(|old| {
             !current
                 .iter()
