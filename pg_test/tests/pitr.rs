@@ -696,7 +696,17 @@ fn the_history_survives_restart_and_crash_and_pins_its_source_alone() {
         &log[log.len() / 3].1,
         "the first clone after the crash",
     );
-    // The holder goes on marking after both.
+    // The launcher goes on marking after both, and after it is terminated
+    // (the postmaster starts it again).
+    wait_for_mark_after_now(&cluster);
+    assert_eq!(
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'cowclone launcher'"
+        ),
+        ["t"]
+    );
     wait_for_mark_after_now(&cluster);
 }
 
