@@ -196,8 +196,9 @@ pub unsafe fn replication_slot_control_lock() -> *mut pg_sys::LWLock {
 }
 
 /// Acquires a persistent slot for this process, failing if another has it
-/// (18 added whether an invalidated slot is an error; ours never reserve
-/// WAL, so they are never invalidated).
+/// (18 added whether an invalidated slot is an error: it is, here; a pin's
+/// slot reserves no WAL, so it is never invalidated, and a history slot is
+/// acquired only after it was seen valid).
 ///
 /// # Safety
 /// No slot may be acquired by this process yet.
