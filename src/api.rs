@@ -67,6 +67,11 @@ pub mod cow {
             name!(elapsed_ms, f64),
         ),
     > {
+        let (source, target) = clone_names(source, target);
+        TableIterator::once(clone_at(source, target, PointRequest::Now))
+    }
+
+    fn clone_names<'a>(source: Option<&'a str>, target: Option<&'a str>) -> (&'a str, &'a str) {
         let (Some(source), Some(target)) = (source, target) else {
             CowError::new(
                 PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -74,32 +79,28 @@ pub mod cow {
             )
             .raise()
         };
-        clone_at(source, target, PointRequest::Now)
+        (source, target)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn clone_at(
-        source: &str,
-        target: &str,
-        request: PointRequest,
-    ) -> TableIterator<
-        'static,
-        (
-            name!(clone, String),
-            name!(clone_oid, pg_sys::Oid),
-            name!(source, String),
-            name!(clone_point_lsn, String),
-            name!(clone_point_time, TimestampWithTimeZone),
-            name!(catalog_relations, i64),
-            name!(shadowed_relations, i64),
-            name!(elapsed_ms, f64),
-        ),
-    > {
+    /// One row of `cow.clone`: clone, its OID, source, clone point LSN and
+    /// time, catalog relations copied, relations shadowed, elapsed ms.
+    type CloneRow = (
+        String,
+        pg_sys::Oid,
+        String,
+        String,
+        TimestampWithTimeZone,
+        i64,
+        i64,
+        f64,
+    );
+
+    fn clone_at(source: &str, target: &str, request: PointRequest) -> CloneRow {
         clone::refuse_unless_callable();
         reconcile::remove_interrupted_clones();
         let outcome = clone::clone_database(source, target, request);
         workers::ensure_holder(outcome.source_oid, source);
-        TableIterator::once((
+        (
             target.to_string(),
             pg_sys::Oid::from(outcome.clone_oid),
             source.to_string(),
@@ -108,7 +109,7 @@ pub mod cow {
             outcome.catalog_relations,
             outcome.shadowed_relations,
             outcome.elapsed_ms,
-        ))
+        )
     }
 
     /// `cow.clone(source, target, as_of, as_of_lsn)` and
@@ -135,13 +136,7 @@ pub mod cow {
             name!(elapsed_ms, f64),
         ),
     > {
-        let (Some(source), Some(target)) = (source, target) else {
-            CowError::new(
-                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                "cow.clone needs a source and a target database name",
-            )
-            .raise()
-        };
+        let (source, target) = clone_names(source, target);
         let request = match (as_of, as_of_lsn) {
             (None, None) => PointRequest::Now,
             (Some(time), None) => PointRequest::Time(time.into_inner()),
@@ -158,7 +153,7 @@ pub mod cow {
             )
             .raise(),
         };
-        clone_at(source, target, request)
+        TableIterator::once(clone_at(source, target, request))
     }
 
     /// `cow.set_retention(db, keep)`: keep every point of the last `keep`

@@ -622,17 +622,21 @@ pub fn clone_database(source_name: &str, target: &str, request: PointRequest) ->
     let past =
         (request != PointRequest::Now).then(|| point::resolve(source_oid, source_name, request));
 
-    // Refuse what cannot be cloned before creating anything.
-    match &past {
+    // Refuse what cannot be cloned before creating anything. A past point's
+    // plan is its final one (its snapshot does not change); a clone of now
+    // plans again as of T, taken below.
+    let past_plan = match &past {
         None => {
             shadowing_plan(&source, snapshot::HeldSnapshot::latest().0, source_name);
+            None
         }
         Some(past) => {
             let mut as_of = PointSnapshot::new(&past.point);
-            let (relations, _) = shadowing_plan(&source, as_of.as_ptr(), source_name);
-            point::refuse_rewritten(&source, source_name, &relations, past);
+            let plan = shadowing_plan(&source, as_of.as_ptr(), source_name);
+            point::refuse_rewritten(&source, source_name, &plan.0, past);
+            Some(plan)
         }
-    }
+    };
 
     let clone = create_database_shell(target, &info.locale);
     set_pending(Some(Pending {
@@ -682,7 +686,10 @@ pub fn clone_database(source_name: &str, target: &str, request: PointRequest) ->
         wal::log_pin(source_oid, Some(point.xmin));
     }
     failpoint::reached("after_pin");
-    let (relations, switch) = shadowing_plan(&source, clone_point.as_ptr(), source_name);
+    let (relations, switch) = match past_plan {
+        Some(plan) => plan,
+        None => shadowing_plan(&source, clone_point.as_ptr(), source_name),
+    };
     let copies = catalog_copy::copy_catalog(&source, &relations, clone_point.as_ptr(), &switch);
 
     // SAFETY: nobody can use the clone before commit; template0's pages copied

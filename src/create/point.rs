@@ -7,11 +7,11 @@
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::create::source::{SourceDatabase, SourceRelation};
-use crate::pg::compat::{self, WalReader, XactEnd};
+use crate::pg::compat::{self, XactEnd};
 use crate::pg::error::CowError;
 use crate::pin::exact::{self, Until};
 use crate::pin::slot;
-use crate::pin::snapshot::{ClonePoint, HeldSnapshot};
+use crate::pin::snapshot::{xid_precedes, ClonePoint, HeldSnapshot};
 use crate::state::history::{self, Mark};
 use crate::state::record::format_lsn;
 
@@ -129,7 +129,7 @@ pub fn resolve(source: pg_sys::Oid, source_name: &str, request: PointRequest) ->
         }
     };
     let pinned = slot::source_slot(source)
-        .is_some_and(|s| s.persistent && (s.xmin.wrapping_sub(point.xmin) as i32) <= 0);
+        .is_some_and(|s| s.persistent && !xid_precedes(point.xmin, s.xmin));
     if !pinned {
         CowError::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -150,12 +150,11 @@ pub fn refuse_rewritten(
     at_point: &[SourceRelation],
     past: &PastPoint,
 ) {
-    let history = history::load(source.oid);
     let map_now: Vec<(u32, u32)> = sorted_map(source);
     if past.mark.relmap != map_now {
-        let since = history
+        let since = history::load(source.oid)
             .marks
-            .iter()
+            .into_iter()
             .find(|m| m.point.lsn > past.point.lsn && m.relmap == map_now);
         CowError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -248,26 +247,16 @@ pub fn sorted_map(source: &SourceDatabase) -> Vec<(u32, u32)> {
 /// Storage of `source` that commits after `from` dropped: (relfilenode,
 /// the commit's end, its time). Read from WAL, so only on the error path.
 fn storage_drops_after(source: pg_sys::Oid, from: u64) -> Vec<(u32, u64, i64)> {
-    let to = compat::flushed_insert_position();
     let mut drops = Vec::new();
-    if from >= to {
-        return drops;
-    }
-    let mut reader = WalReader::open(from);
-    while reader.next_position() < to {
-        let (_, _, start, _) = reader.read();
-        if start >= to {
-            break;
-        }
-        if let Some(record) = reader.xact_record() {
-            if record.end_kind == XactEnd::Commit {
-                for &(db, node) in &record.dropped {
-                    if db == u32::from(source) {
-                        drops.push((node, record.end, record.time));
-                    }
+    exact::xact_records(from, compat::flushed_insert_position(), |record| {
+        if record.end_kind == XactEnd::Commit {
+            for &(db, node) in &record.dropped {
+                if db == u32::from(source) {
+                    drops.push((node, record.end, record.time));
                 }
             }
         }
-    }
+        true
+    });
     drops
 }

@@ -39,6 +39,7 @@ use pgrx::prelude::*;
 use crate::lifecycle::materialize::reload_settings_if_asked;
 use crate::lifecycle::retention;
 use crate::pg::compat;
+use crate::pin::snapshot::{older_xid, xid_precedes};
 use crate::pin::{advertised, slot};
 use crate::state::history::{self, History};
 use crate::state::record::{self, CloneRecord};
@@ -77,7 +78,7 @@ fn oldest_xmin(clones: &[CloneRecord], history: Option<&History>) -> Option<pg_s
     let clones = record::oldest_clone_point(clones).map(|c| c.point.xmin);
     let marks = history.and_then(History::oldest_xmin);
     let oldest = match (clones, marks) {
-        (Some(a), Some(b)) => Some(if (a.wrapping_sub(b) as i32) < 0 { a } else { b }),
+        (Some(a), Some(b)) => Some(older_xid(a, b)),
         (a, b) => a.or(b),
     };
     oldest.map(pg_sys::TransactionId::from)
@@ -87,10 +88,6 @@ fn oldest_xmin(clones: &[CloneRecord], history: Option<&History>) -> Option<pg_s
 /// records its marks). Under the source lock.
 fn window(source: pg_sys::Oid) -> Option<History> {
     history::retention_of(source).map(|_| history::load(source))
-}
-
-fn precedes(a: pg_sys::TransactionId, b: pg_sys::TransactionId) -> bool {
-    (u32::from(a).wrapping_sub(u32::from(b)) as i32) < 0
 }
 
 struct Holding {
@@ -264,12 +261,12 @@ impl Holding {
     /// the source lock after the marks older than it were dropped, so no
     /// clone made since can need anything older.
     fn follow_window(&mut self) {
-        let Some(target) = history::load(self.source).pin_target else {
+        let Some(target) = history::pin_target(self.source) else {
             return;
         };
         self.window_open = true;
         let target = pg_sys::TransactionId::from(target);
-        if !precedes(self.xmin, target) {
+        if !xid_precedes(u32::from(self.xmin), u32::from(target)) {
             return;
         }
         // SAFETY: no transaction is open; the slot is acquired (disarmed

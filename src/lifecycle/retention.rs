@@ -21,7 +21,7 @@ use crate::lifecycle::materialize::request::owned_database;
 use crate::pg::error::CowError;
 use crate::pin::exact;
 use crate::pin::slot;
-use crate::pin::snapshot::{self, HeldSnapshot};
+use crate::pin::snapshot::{self, older_xid, xid_precedes, HeldSnapshot};
 use crate::state::history::{self, History, Mark};
 use crate::state::{record, witness};
 
@@ -102,9 +102,7 @@ fn pin_target(source: pg_sys::Oid, history: &History) -> Option<u32> {
                 _ => return None,
             },
         };
-        if (xmin.wrapping_sub(oldest) as i32) < 0 {
-            oldest = xmin;
-        }
+        oldest = older_xid(oldest, xmin);
     }
     Some(oldest)
 }
@@ -139,8 +137,7 @@ pub fn record_history(source: pg_sys::Oid) {
     // move it up to the target here, or the window would pin the source
     // ever further back.
     if let (Some(target), Some(state)) = (history.pin_target, slot::source_slot(source)) {
-        if state.active_pid == 0 && state.persistent && (state.xmin.wrapping_sub(target) as i32) < 0
-        {
+        if state.active_pid == 0 && state.persistent && xid_precedes(state.xmin, target) {
             // SAFETY: the slot is inactive, seen under the source lock that
             // every cowclone process takes before acquiring it; no slot is
             // acquired here; the target holds everything the source needs.

@@ -24,19 +24,15 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::pg::compat::{self, WalReader, XactEnd, XactRecord};
 use crate::pg::error::CowError;
-use crate::pin::snapshot::ClonePoint;
-
-/// `a` precedes `b` in the circular transaction id space.
-fn precedes(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
-}
+use crate::pin::snapshot::{older_xid, xid_precedes as precedes, ClonePoint};
 
 fn normal(xid: u32) -> bool {
     xid >= u32::from(pg_sys::FirstNormalTransactionId)
 }
 
-/// Every transaction-end record that starts in [from, to) and ends by `to`.
-fn xact_records(from: u64, to: u64, mut each: impl FnMut(&XactRecord) -> bool) {
+/// Every transaction-end record that starts in [from, to) and ends by `to`,
+/// until `each` returns false.
+pub fn xact_records(from: u64, to: u64, mut each: impl FnMut(&XactRecord) -> bool) {
     let to = compat::without_page_header(to);
     if from >= to {
         return;
@@ -103,11 +99,7 @@ pub fn refine(taken: &ClonePoint) -> ClonePoint {
 }
 
 fn finish(running: Vec<u32>, xmax: u32, lsn: u64, taken_at: i64) -> ClonePoint {
-    let xmin = running
-        .iter()
-        .copied()
-        .reduce(|a, b| if precedes(a, b) { a } else { b })
-        .unwrap_or(xmax);
+    let xmin = running.iter().copied().reduce(older_xid).unwrap_or(xmax);
     ClonePoint {
         xmin,
         xmax,

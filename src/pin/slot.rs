@@ -420,11 +420,8 @@ pub fn set_pin_in_recovery(source: pg_sys::Oid, xmin: Option<u32>, only_lower: b
     let name = source_slot_name(source);
     let existing = source_slot(source);
     let xmin = match (xmin, existing) {
-        // SAFETY: a pure comparison of two transaction ids.
         (Some(wanted), Some(s))
-            if only_lower
-                && s.xmin != 0
-                && unsafe { pg_sys::TransactionIdPrecedes(s.xmin.into(), wanted.into()) } =>
+            if only_lower && s.xmin != 0 && crate::pin::snapshot::xid_precedes(s.xmin, wanted) =>
         {
             Some(s.xmin)
         }

@@ -23,6 +23,21 @@ pub struct ClonePoint {
     pub taken_at: i64,
 }
 
+/// Whether `a` precedes `b` in PostgreSQL's circular transaction id order.
+pub fn xid_precedes(a: u32, b: u32) -> bool {
+    // SAFETY: a pure comparison of two transaction ids.
+    unsafe { pg_sys::TransactionIdPrecedes(a.into(), b.into()) }
+}
+
+/// The older of two transaction ids.
+pub fn older_xid(a: u32, b: u32) -> u32 {
+    if xid_precedes(b, a) {
+        b
+    } else {
+        a
+    }
+}
+
 /// A registered snapshot, unregistered when dropped.
 pub struct HeldSnapshot(pub pg_sys::Snapshot);
 

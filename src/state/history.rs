@@ -7,18 +7,19 @@
 //! whose commit record ends at or before its LSN (`pin::exact`). A point in
 //! the window is the newest mark at or before it plus the commit and abort
 //! records between the two. The marks' file is derived state: only the
-//! holder writes it, under the source lock, and anything that contradicts
+//! launcher writes it, under the source lock, and anything that contradicts
 //! it (its WAL gone, the file lost) ends the window, never bends it.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::fs;
+use std::io::Read;
 use std::path::PathBuf;
 
 use pgrx::pg_sys;
 use serde::{Deserialize, Serialize};
 
 use crate::pin::snapshot::ClonePoint;
-use crate::state::record::{any_label_of, database_address, labels_of, state_dir, write_file};
+use crate::state::record::{any_label_of, labels_of, state_dir, write_file, write_label};
 
 const PROVIDER: &CStr = c"cowclone_retention";
 const LABEL_PREFIX: &str = "cowclone retention 1 keep ";
@@ -37,12 +38,22 @@ pub struct Mark {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     pub source: u32,
-    pub marks: Vec<Mark>,
     /// The pin the source needs, as last computed under the source lock by
     /// whoever slid the window (the oldest of its clones' clone points and
     /// of the marks kept): the holder moves its advertised xmin up to it
-    /// without a transaction of its own.
+    /// without a transaction of its own. Before the marks, so that the
+    /// holder, which looks every second, reads only the file's first bytes
+    /// (`pin_target`).
     pub pin_target: Option<u32>,
+    pub marks: Vec<Mark>,
+}
+
+/// The first fields of `History`, as postcard lays them out at the start of
+/// the file.
+#[derive(Deserialize)]
+struct Head {
+    source: u32,
+    pin_target: Option<u32>,
 }
 
 impl History {
@@ -91,12 +102,28 @@ pub fn load(source: pg_sys::Oid) -> History {
         .filter(|h| h.source == u32::from(source))
         .unwrap_or(History {
             source: u32::from(source),
-            marks: Vec::new(),
             pin_target: None,
+            marks: Vec::new(),
         })
 }
 
-/// Writes the marks durably (the holder, under the source lock).
+/// The source's `History::pin_target`, read from the head of its file
+/// alone (at most 11 bytes: two varints and an option tag).
+pub fn pin_target(source: pg_sys::Oid) -> Option<u32> {
+    let mut head = [0u8; 16];
+    let mut file = fs::File::open(path(source)).ok()?;
+    let mut read = 0;
+    while read < head.len() {
+        match file.read(&mut head[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+    let (head, _) = postcard::take_from_bytes::<Head>(&head[..read]).ok()?;
+    (head.source == u32::from(source)).then_some(head.pin_target)?
+}
+
+/// Writes the marks durably (the launcher, under the source lock).
 pub fn save(history: &History) {
     let bytes = postcard::to_allocvec(history).expect("a history serializes");
     write_file(&path(pg_sys::Oid::from(history.source)), &bytes);
@@ -124,17 +151,8 @@ fn parse(label: &str) -> Option<i64> {
 
 /// Sets (or with None, ends) the source's retention, in this transaction.
 pub fn set_retention(source: pg_sys::Oid, keep_micros: Option<i64>) {
-    let address = database_address(source);
-    let text = keep_micros.map(|k| CString::new(format!("{LABEL_PREFIX}{k}")).expect("no NUL"));
-    // SAFETY: a catalog write in this transaction; a null label deletes it.
-    unsafe {
-        pg_sys::SetSecurityLabel(
-            &address,
-            PROVIDER.as_ptr(),
-            text.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
-        );
-        pg_sys::CommandCounterIncrement();
-    }
+    let label = keep_micros.map(|k| format!("{LABEL_PREFIX}{k}"));
+    write_label(source, PROVIDER, label.as_deref());
 }
 
 /// Every database with retention on, readable without a database
@@ -144,4 +162,33 @@ pub fn retained() -> Vec<(u32, i64)> {
         .into_iter()
         .filter_map(|(database, label)| Some((database, parse(&label?)?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_of_a_history_is_its_source_and_pin_target() {
+        let mark = Mark {
+            point: ClonePoint {
+                xmin: 4_000_000_000,
+                xmax: 4_000_000_100,
+                running: (4_000_000_000..4_000_000_050).collect(),
+                lsn: u64::MAX,
+                taken_at: i64::MAX,
+            },
+            relmap: vec![(1259, 16_000_000); 20],
+        };
+        for pin_target in [None, Some(3), Some(u32::MAX)] {
+            let history = History {
+                source: u32::MAX,
+                pin_target,
+                marks: vec![mark.clone(); 3],
+            };
+            let bytes = postcard::to_allocvec(&history).unwrap();
+            let (head, _) = postcard::take_from_bytes::<Head>(&bytes[..16]).unwrap();
+            assert_eq!((head.source, head.pin_target), (u32::MAX, pin_target));
+        }
+    }
 }

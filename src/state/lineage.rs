@@ -5,14 +5,14 @@
 //! label of its own provider, always stored inline, so the launcher, which
 //! cannot read labels stored out of line, finds every job to resume.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 
 use pgrx::pg_sys;
 use serde::{Deserialize, Serialize};
 
 use crate::pin::snapshot::ClonePoint;
 use crate::state::record::{
-    any_label_of, database_address, hex, labels_of, unhex, CloneRecord, PROVIDER,
+    any_label_of, hex, labels_of, unhex, write_label, CloneRecord, PROVIDER,
 };
 
 /// The lineage's label: `cowclone lineage 1 source <oid> <hex>`.
@@ -47,13 +47,7 @@ pub fn replace_record(record: &CloneRecord) {
     };
     let body = postcard::to_allocvec(&lineage).expect("a lineage serializes");
     let label = format!("{LINEAGE_PREFIX}source {} {}", lineage.source, hex(&body));
-    let label = CString::new(label).expect("hex has no NUL");
-    let address = database_address(pg_sys::Oid::from(record.clone));
-    // SAFETY: a catalog write in this transaction on an existing database.
-    unsafe {
-        pg_sys::SetSecurityLabel(&address, PROVIDER.as_ptr(), label.as_ptr());
-        pg_sys::CommandCounterIncrement();
-    }
+    write_label(pg_sys::Oid::from(record.clone), PROVIDER, Some(&label));
 }
 
 fn lineage_from_label(label: &str) -> Result<Lineage, String> {
@@ -92,17 +86,7 @@ pub fn materialized_without_database() -> Vec<u32> {
 /// Queues (or, with None, ends) the materialization of a clone, in this
 /// transaction: a label of its own provider, always inline.
 pub fn set_job(clone: pg_sys::Oid, job: Option<&str>) {
-    let address = database_address(clone);
-    let text = job.map(|j| CString::new(j).expect("no NUL"));
-    // SAFETY: a catalog write in this transaction; a null label deletes it.
-    unsafe {
-        pg_sys::SetSecurityLabel(
-            &address,
-            JOB_PROVIDER.as_ptr(),
-            text.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
-        );
-        pg_sys::CommandCounterIncrement();
-    }
+    write_label(clone, JOB_PROVIDER, job);
 }
 
 /// Whether a clone's materialization is queued. In a transaction.

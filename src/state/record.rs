@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pg::error::CowError;
 use crate::pin::slot;
-use crate::pin::snapshot::ClonePoint;
+use crate::pin::snapshot::{xid_precedes, ClonePoint};
 use crate::state::witness::{self, Witness};
 
 const MAGIC: &[u8; 8] = b"COWCLON2";
@@ -230,7 +230,7 @@ pub(super) fn write_file(path: &std::path::Path, contents: &[u8]) {
         .unwrap_or_else(|e| io_error("fsync directory", &dir, e));
 }
 
-pub(super) fn database_address(database: pg_sys::Oid) -> pg_sys::ObjectAddress {
+fn database_address(database: pg_sys::Oid) -> pg_sys::ObjectAddress {
     pg_sys::ObjectAddress {
         classId: pg_sys::DatabaseRelationId,
         objectId: database,
@@ -262,12 +262,27 @@ fn write_witness(witness: &Witness) {
 }
 
 fn set_label(record: &CloneRecord) {
-    let label = CString::new(to_label(record)).expect("hex has no NUL");
-    let address = database_address(pg_sys::Oid::from(record.clone));
+    write_label(
+        pg_sys::Oid::from(record.clone),
+        PROVIDER,
+        Some(&to_label(record)),
+    );
+}
+
+/// Sets `database`'s label of `provider` (None deletes it), in this
+/// transaction, and makes it visible to the rest of the transaction.
+pub(super) fn write_label(database: pg_sys::Oid, provider: &CStr, label: Option<&str>) {
+    let address = database_address(database);
+    let text = label.map(|l| CString::new(l).expect("labels have no NUL"));
     // SAFETY: a catalog write in this transaction; the address names a
-    // database row that exists (this transaction made it, or it committed).
+    // database row that exists (this transaction made it, or it committed);
+    // a null label deletes it.
     unsafe {
-        pg_sys::SetSecurityLabel(&address, PROVIDER.as_ptr(), label.as_ptr());
+        pg_sys::SetSecurityLabel(
+            &address,
+            provider.as_ptr(),
+            text.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
+        );
         pg_sys::CommandCounterIncrement();
     }
 }
@@ -620,9 +635,7 @@ pub fn oldest_clone_point<'a>(
     clones: impl IntoIterator<Item = &'a CloneRecord>,
 ) -> Option<&'a CloneRecord> {
     clones.into_iter().reduce(|a, b| {
-        let (xa, xb) = (a.point.xmin, b.point.xmin);
-        // SAFETY: a pure comparison of two transaction ids.
-        if unsafe { pg_sys::TransactionIdPrecedes(xb.into(), xa.into()) } {
+        if xid_precedes(b.point.xmin, a.point.xmin) {
             b
         } else {
             a

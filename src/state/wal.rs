@@ -43,6 +43,7 @@ use pgrx::pg_sys;
 use crate::pg::compat;
 use crate::pg::failpoint;
 use crate::pin::slot;
+use crate::pin::snapshot::older_xid;
 use crate::state::record;
 use crate::state::witness::{self, Witness};
 
@@ -212,12 +213,7 @@ fn pins_by_source() -> Vec<(u32, u32)> {
             known => known,
         };
         match pins.iter_mut().find(|(source, _)| *source == w.source) {
-            Some((_, pin)) => {
-                // SAFETY: a pure comparison of two transaction ids.
-                if unsafe { pg_sys::TransactionIdPrecedes(xmin.into(), (*pin).into()) } {
-                    *pin = xmin;
-                }
-            }
+            Some((_, pin)) => *pin = older_xid(*pin, xmin),
             None => pins.push((w.source, xmin)),
         }
     }

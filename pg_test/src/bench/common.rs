@@ -16,6 +16,34 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// (min, median, max) of some timings.
+pub(crate) fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    let mid = median(&mut sorted);
+    (sorted[0], mid, sorted[sorted.len() - 1])
+}
+
+/// The pgbench tables TPC-B updates (pgbench_history only grows, by the
+/// number of transactions run: what vacuum does shows in these three).
+pub const UPDATED: &str = "'pgbench_accounts', 'pgbench_branches', 'pgbench_tellers'";
+
+/// Bytes of the named tables (`'a', 'b'`) with their indexes.
+pub fn tables_size(cluster: &Cluster, db: &str, tables: &str) -> Result<i64> {
+    // Sizes are whole pages.
+    number(
+        cluster,
+        db,
+        &format!("SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c WHERE c.relname IN ({tables}) AND c.relkind = 'r'"),
+    )
+}
+
+/// VACUUM (VERBOSE) of `tables` (`a, b`): the dead row versions it could
+/// not remove.
+pub fn vacuum_kept(cluster: &Cluster, db: &str, tables: &str) -> Result<u64> {
+    let counts = cluster.vacuum_verbose(db, tables)?;
+    Ok(counts.iter().map(|(_, kept)| kept).sum())
+}
+
 pub fn mb(bytes: i64) -> String {
     format!("{:.1} MB", bytes as f64 / 1_048_576.0)
 }

@@ -10,7 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::common::{
-    mb, median, number, pgbench_init, pgbench_source_cluster, pgbench_tps, HISTORY_SECTION,
+    self, mb, number, pgbench_init, pgbench_source_cluster, pgbench_tps, spread, tables_size,
+    HISTORY_SECTION, UPDATED,
 };
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
@@ -61,14 +62,8 @@ impl HistoryBenchOptions {
     }
 }
 
-const UPDATED: &str = "'pgbench_accounts', 'pgbench_branches', 'pgbench_tellers'";
-
 fn size(cluster: &Cluster, db: &str) -> Result<i64> {
-    number(
-        cluster,
-        db,
-        &format!("SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c WHERE c.relname IN ({UPDATED}) AND c.relkind = 'r'"),
-    )
+    tables_size(cluster, db, UPDATED)
 }
 
 fn wal_kept(cluster: &Cluster) -> Result<i64> {
@@ -80,16 +75,11 @@ fn wal_kept(cluster: &Cluster) -> Result<i64> {
 }
 
 fn vacuum_kept(cluster: &Cluster, db: &str) -> Result<u64> {
-    let counts =
-        cluster.vacuum_verbose(db, "pgbench_accounts, pgbench_branches, pgbench_tellers")?;
-    Ok(counts.iter().map(|(_, kept)| kept).sum())
-}
-
-/// (min, median, max) in milliseconds.
-fn spread(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    let mid = median(&mut sorted);
-    (sorted[0], mid, sorted[sorted.len() - 1])
+    common::vacuum_kept(
+        cluster,
+        db,
+        "pgbench_accounts, pgbench_branches, pgbench_tellers",
+    )
 }
 
 /// Clones `source` as of `point` `rounds` times (each clone dropped again):

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use super::common::{mb, median, number, pgbench_source_cluster, pgbench_tps, MATERIALIZE_SECTION};
+use super::common::{mb, number, pgbench_source_cluster, pgbench_tps, spread, MATERIALIZE_SECTION};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::install::PgInstall;
@@ -44,12 +44,6 @@ fn timed(cluster: &Cluster, db: &str, sql: &str) -> Result<f64> {
     let started = Instant::now();
     cluster.psql(db, sql)?;
     Ok(started.elapsed().as_secs_f64())
-}
-
-fn spread(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    let mid = median(&mut sorted);
-    (sorted[0], mid, sorted[sorted.len() - 1])
 }
 
 fn select_only(cluster: &Cluster, db: &str, seconds: u32) -> Command {

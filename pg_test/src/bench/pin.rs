@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 
-use super::common::{mb, number, pgbench_init, pgbench_source_cluster, tpcb, PIN_SECTION};
+use super::common::{
+    self, mb, number, pgbench_init, pgbench_source_cluster, tables_size, tpcb, PIN_SECTION, UPDATED,
+};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::install::PgInstall;
@@ -52,28 +54,13 @@ fn tpcb_then_settle(cluster: &Cluster, db: &str, seconds: u32) -> Result<()> {
     Ok(())
 }
 
-/// VACUUM (VERBOSE) of every pgbench table: dead row versions it could not remove.
+/// Every pgbench table, for VACUUM.
+const ALL_TABLES: &str = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history";
+
 fn vacuum_kept(cluster: &Cluster, db: &str) -> Result<u64> {
-    let counts = cluster.vacuum_verbose(
-        db,
-        "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history",
-    )?;
-    Ok(counts.iter().map(|(_, kept)| kept).sum())
+    common::vacuum_kept(cluster, db, ALL_TABLES)
 }
 
-/// Bytes of the named pgbench tables with their indexes.
-fn size(cluster: &Cluster, db: &str, tables: &str) -> Result<i64> {
-    // Sizes are whole pages; small tables are reported in kB (see `kb`).
-    number(
-        cluster,
-        db,
-        &format!("SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c WHERE c.relname IN ({tables}) AND c.relkind = 'r'"),
-    )
-}
-
-/// pgbench_history only grows (by the number of transactions run), so it is
-/// left out: what vacuum does shows in the three tables that are updated.
-const UPDATED: &str = "'pgbench_accounts', 'pgbench_branches', 'pgbench_tellers'";
 const SMALL: &str = "'pgbench_branches', 'pgbench_tellers'";
 
 fn kb(bytes: i64) -> String {
@@ -107,20 +94,20 @@ pub fn run(pg: &PgInstall, options: &PinBenchOptions) -> Result<()> {
     // Another database, with no clone in the cluster, then with one.
     tpcb_then_settle(&cluster, "alone", seconds)?;
     let alone_kept = vacuum_kept(&cluster, "alone")?;
-    let alone = size(&cluster, "alone", UPDATED)?;
+    let alone = tables_size(&cluster, "alone", UPDATED)?;
     cluster.psql("postgres", "CREATE DATABASE copy TEMPLATE prod")?;
     cluster.psql("prod", "SELECT cow.clone('prod', 'staging')")?;
     tpcb_then_settle(&cluster, "beside", seconds)?;
     let beside_kept = vacuum_kept(&cluster, "beside")?;
-    let beside = size(&cluster, "beside", UPDATED)?;
+    let beside = tables_size(&cluster, "beside", UPDATED)?;
 
     // TPC-B in the clone and in the plain copy.
     tpcb_then_settle(&cluster, "copy", seconds)?;
     vacuum_kept(&cluster, "copy")?;
-    let copy_small = size(&cluster, "copy", SMALL)?;
+    let copy_small = tables_size(&cluster, "copy", SMALL)?;
     tpcb_then_settle(&cluster, "staging", seconds)?;
     let clone_kept = vacuum_kept(&cluster, "staging")?;
-    let clone_small = size(&cluster, "staging", SMALL)?;
+    let clone_small = tables_size(&cluster, "staging", SMALL)?;
     let scope = cluster.psql("prod", "SELECT scope FROM cow.pins")?;
 
     let table = format!(

@@ -31,6 +31,7 @@ use crate::pg::error::CowError;
 use crate::pg::failpoint;
 use crate::pg::page::BLCKSZ;
 use crate::pin::slot;
+use crate::pin::snapshot::xid_precedes;
 use crate::state::jobs::{self, Phase};
 use crate::state::{lineage, record, witness};
 
@@ -322,14 +323,7 @@ fn finish(clone: pg_sys::Oid, pace: &mut Pace) {
             .materialized
             .iter()
             .map(|m| m.xid)
-            .reduce(|a, b| {
-                // SAFETY: a pure comparison of transaction ids.
-                if unsafe { pg_sys::TransactionIdPrecedes(a.into(), b.into()) } {
-                    b
-                } else {
-                    a
-                }
-            })
+            .reduce(|a, b| if xid_precedes(a, b) { b } else { a })
             .or(Some(0))
     });
     let Some(latest) = latest else {
