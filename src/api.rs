@@ -20,6 +20,7 @@ pub mod cow {
     use crate::pg::preload;
     use crate::pin::age::{self, Scope};
     use crate::pin::slot;
+    use crate::state::record::Level;
     use crate::state::{lineage, record};
 
     fn timestamp(raw: i64) -> TimestampWithTimeZone {
@@ -99,7 +100,7 @@ pub mod cow {
         clone::refuse_unless_callable();
         reconcile::remove_interrupted_clones();
         let outcome = clone::clone_database(source, target, request);
-        workers::ensure_holder(outcome.source_oid, source);
+        workers::ensure_holder(outcome.source_oid, &outcome.source_name);
         (
             target.to_string(),
             pg_sys::Oid::from(outcome.clone_oid),
@@ -233,6 +234,7 @@ pub mod cow {
                     .to_string_lossy()
                     .into_owned();
                 let source = pg_sys::Oid::from(r.source);
+                let (branch_lsn, branch_time) = r.branch_point();
                 let (pin_age, state) = age::pin_age(source, r.point.xmin);
                 if let (age::PinState::Old, Some(pin_age)) = (state, pin_age) {
                     age::warn_if_old(&r.source_name, &name, pin_age);
@@ -242,8 +244,8 @@ pub mod cow {
                     pg_sys::Oid::from(r.source),
                     r.source_name,
                     r.depth as i32,
-                    record::format_lsn(r.point.lsn),
-                    timestamp(r.point.taken_at),
+                    record::format_lsn(branch_lsn),
+                    timestamp(branch_time),
                     timestamp(r.created_at),
                     slot::source_slot_name(source),
                     pin_age,
@@ -417,6 +419,138 @@ pub mod cow {
         TableIterator::new(rows)
     }
 
+    /// The database each clone (or materialized former clone) was made
+    /// from: its source, or for a clone of a clone the clone before it.
+    #[pg_extern(volatile, name = "_parents")]
+    fn parents() -> TableIterator<
+        'static,
+        (
+            name!(clone_oid, pg_sys::Oid),
+            name!(parent_oid, pg_sys::Oid),
+            name!(parent_name, String),
+        ),
+    > {
+        let mut rows: Vec<_> = record::all_records()
+            .into_iter()
+            .map(|r| {
+                let (oid, name) = r.parent();
+                (pg_sys::Oid::from(r.clone), pg_sys::Oid::from(oid), name)
+            })
+            .collect();
+        for l in lineage::all() {
+            let (oid, name) = match l.chain.len() {
+                0 | 1 => (l.source, l.source_name),
+                n => (l.chain[n - 2].oid, l.chain[n - 2].name.clone()),
+            };
+            rows.push((pg_sys::Oid::from(l.clone), pg_sys::Oid::from(oid), name));
+        }
+        TableIterator::new(rows)
+    }
+
+    /// A database's ancestry, oldest first: its root source (level 0), then
+    /// every clone down to itself, each with its status and the point it
+    /// was cut from the level above at. Empty for a database that never was
+    /// a clone. `cow.lineage(name)` is the function to use.
+    #[pg_extern(volatile, name = "_lineage")]
+    #[allow(clippy::type_complexity)]
+    fn lineage_of(
+        db: pg_sys::Oid,
+    ) -> TableIterator<
+        'static,
+        (
+            name!(level, i32),
+            name!(database_oid, pg_sys::Oid),
+            name!(database, String),
+            name!(status, &'static str),
+            name!(clone_point_lsn, Option<String>),
+            name!(clone_point_time, Option<TimestampWithTimeZone>),
+            name!(created_at, Option<TimestampWithTimeZone>),
+        ),
+    > {
+        let own = |oid: u32, name: &str, point: (u64, i64), created: i64| Level {
+            oid,
+            name: name.to_string(),
+            point_lsn: point.0,
+            point_time: point.1,
+            created_at: created,
+        };
+        let (root, root_name, chain) = if let Some(r) = record::read_record(db) {
+            let name = database_name(db).unwrap_or_default();
+            let chain = match r.chain.is_empty() {
+                true => vec![own(r.clone, &name, r.branch_point(), r.created_at)],
+                false => r.chain.clone(),
+            };
+            (r.source, r.source_name, chain)
+        } else if let Some(l) = lineage::all()
+            .into_iter()
+            .find(|l| l.clone == u32::from(db))
+        {
+            let name = database_name(db).unwrap_or_default();
+            let chain = match l.chain.is_empty() {
+                true => vec![own(
+                    l.clone,
+                    &name,
+                    (l.point.lsn, l.point.taken_at),
+                    l.created_at,
+                )],
+                false => l.chain.clone(),
+            };
+            (l.source, l.source_name, chain)
+        } else {
+            return TableIterator::new(Vec::new());
+        };
+        let root_oid = pg_sys::Oid::from(root);
+        let mut rows = vec![(
+            0,
+            root_oid,
+            database_name(root_oid).unwrap_or(root_name),
+            if database_name(root_oid).is_some() {
+                "source"
+            } else {
+                "dropped"
+            },
+            None,
+            None,
+            None,
+        )];
+        for (level, l) in chain.into_iter().enumerate() {
+            let oid = pg_sys::Oid::from(l.oid);
+            let status = match database_name(oid) {
+                None => "dropped",
+                Some(_) if record::read_record(oid).is_some() => {
+                    if lineage::job(oid).is_some() {
+                        "materializing"
+                    } else {
+                        "shadowed"
+                    }
+                }
+                Some(_) => "materialized",
+            };
+            rows.push((
+                level as i32 + 1,
+                oid,
+                database_name(oid).unwrap_or(l.name),
+                status,
+                Some(record::format_lsn(l.point_lsn)),
+                Some(timestamp(l.point_time)),
+                Some(timestamp(l.created_at)),
+            ));
+        }
+        TableIterator::new(rows)
+    }
+
+    fn database_name(oid: pg_sys::Oid) -> Option<String> {
+        // SAFETY: a catalog lookup inside a transaction; null when the
+        // database does not exist.
+        let name = unsafe { pg_sys::get_database_name(oid) };
+        // SAFETY: a palloc'd NUL-terminated name when not null.
+        (!name.is_null()).then(|| {
+            unsafe { std::ffi::CStr::from_ptr(name) }
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+
     /// One row per source with live clones (or a slot left to release):
     /// which clone holds its horizon, how old it is, and where it is in force.
     #[pg_extern(volatile, name = "_pins")]
@@ -502,33 +636,44 @@ SELECT c.clone_oid,
        c.pin_age,
        c.pin_state,
        c.progress,
-       c.materialized_at
+       c.materialized_at,
+       p.parent_oid,
+       coalesce(pd.datname, p.parent_name::name) AS parent
   FROM cow._clones() c
   JOIN pg_database d ON d.oid = c.clone_oid
-  LEFT JOIN pg_database s ON s.oid = c.source_oid;
-COMMENT ON VIEW cow.clones IS 'Every clone in the cluster, and every database that was one: source, clone point, status (shadowed, materializing, materialized), progress of a running materialization, and the age and state (source-only, cluster-wide, warning past cow.pin_warn_age, missing, or standby on a server in recovery, where the primary holds it) of its pin';
+  LEFT JOIN pg_database s ON s.oid = c.source_oid
+  LEFT JOIN cow._parents() p ON p.clone_oid = c.clone_oid
+  LEFT JOIN pg_database pd ON pd.oid = p.parent_oid;
+COMMENT ON VIEW cow.clones IS 'Every clone in the cluster, and every database that was one: source (the root of a chain of clones), depth, parent (the database it was cloned from), clone point (when it was cut from its parent), status (shadowed, materializing, materialized), progress of a running materialization, and the age and state (source-only, cluster-wide, warning past cow.pin_warn_age, missing, or standby on a server in recovery, where the primary holds it) of its pin';
 
-CREATE FUNCTION cow.lineage(db name) RETURNS SETOF cow.clones
+CREATE FUNCTION cow.lineage(db name)
+RETURNS TABLE (
+    level integer,
+    database_oid oid,
+    database name,
+    status text,
+    clone_point_lsn pg_lsn,
+    clone_point_time timestamptz,
+    created_at timestamptz
+)
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    target oid;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = db) THEN
+    SELECT d.oid INTO target FROM pg_database d WHERE d.datname = db;
+    IF target IS NULL THEN
         RAISE EXCEPTION 'database "%" does not exist', db USING ERRCODE = 'invalid_catalog_name';
     END IF;
     RETURN QUERY
-    WITH RECURSIVE chain AS (
-        SELECT c.*, 0 AS hop FROM cow.clones c WHERE c.clone = db
-        UNION ALL
-        SELECT p.*, chain.hop + 1 FROM cow.clones p JOIN chain ON p.clone_oid = chain.source_oid
-    )
-    SELECT clone_oid, clone, source_oid, source, depth, status, clone_point_time,
-           clone_point_lsn, created_at, pin, pin_age, pin_state, progress, materialized_at
-      FROM chain ORDER BY hop;
+    SELECT l.level, l.database_oid, l.database::name, l.status, l.clone_point_lsn::pg_lsn,
+           l.clone_point_time, l.created_at
+      FROM cow._lineage(target) l ORDER BY l.level;
 END
 $$;
-COMMENT ON FUNCTION cow.lineage(name) IS 'A database''s ancestry: itself, its source, and so on up the chain (empty if it is not a clone)';
+COMMENT ON FUNCTION cow.lineage(name) IS 'A database''s ancestry, oldest first: its root source (level 0), then each clone down to itself, with its status (source, shadowed, materializing, materialized, dropped) and the point it was cut from the level above at (empty if it never was a clone)';
 "#,
     name = "lineage_views",
-    requires = [cow::clones],
+    requires = [cow::clones, cow::parents, cow::lineage_of],
 );
 
 extension_sql!(

@@ -391,9 +391,9 @@ fn a_clone_materialized_under_load_keeps_every_row() {
         rows(
             &cluster,
             "staging",
-            "SELECT clone, source, status FROM cow.lineage('staging')"
+            "SELECT level, database, status FROM cow.lineage('staging')"
         ),
-        ["staging|prod|materialized"]
+        ["0|prod|dropped", "1|staging|materialized"]
     );
     assert_eq!(all_contents(&cluster, "copy_of_staging", &apps), before);
 

@@ -118,23 +118,12 @@ pub fn copy_catalog(
         for rel in catalog.iter().filter(|r| r.kind != b'i') {
             let pages = copy_relation(source.locator(rel.relfilenode), rel.oid, Some(snapshot));
             let mut sanitized = Vec::with_capacity(pages.len());
-            for (block, mut copy) in pages.into_iter().enumerate() {
-                let visible = copy.visible.clone();
-                sanitize::sanitize_heap_page(&mut copy.bytes, block as u32, &|offset| {
-                    visible[offset - 1]
-                })
-                .unwrap_or_else(|e| {
-                    CowError::new(
-                        PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                        format!("source catalog \"{}\" is corrupted", rel.name),
-                    )
-                    .detail(format!("Block {block}: {}.", e.0))
-                    .raise()
-                });
+            for (block, copy) in pages.into_iter().enumerate() {
+                let mut bytes = sanitized_page(copy, block as u32, &rel.name);
                 if rel.oid == PG_CLASS {
-                    switch.apply(&mut copy.bytes);
+                    switch.apply(&mut bytes);
                 }
-                sanitized.push(copy.bytes);
+                sanitized.push(bytes);
             }
             copies.push(CopiedRelation {
                 relfilenode: rel.relfilenode,
@@ -163,7 +152,60 @@ pub fn copy_catalog(
     .raise()
 }
 
-fn copy_relation(
+/// A copied heap page with exactly the tuples its snapshot saw, frozen.
+fn sanitized_page(mut copy: source::PageCopy, block: u32, name: &str) -> Vec<u8> {
+    let visible = std::mem::take(&mut copy.visible);
+    sanitize::sanitize_heap_page(&mut copy.bytes, block, &|offset| visible[offset - 1])
+        .unwrap_or_else(|e| {
+            CowError::new(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!("relation \"{name}\" of the source is corrupted"),
+            )
+            .detail(format!("Block {block}: {}.", e.0))
+            .raise()
+        });
+    copy.bytes
+}
+
+/// Copies one fork of a relation of the source into an empty fork of the
+/// clone, a batch of pages at a time (a clone of a clone copies its
+/// parent's own relations this way, however large): heap pages sanitized
+/// as of `snapshot` when one is given, other pages as they are. Forks that
+/// shared buffers cannot hold as permanent (`logged` false, init forks) are
+/// written and synced directly.
+pub fn copy_fork(
+    from: RelLocator,
+    fork: pg_sys::ForkNumber::Type,
+    oid: u32,
+    name: &str,
+    snapshot: Option<pg_sys::Snapshot>,
+    to: RelLocator,
+    logged: bool,
+) {
+    const BATCH: u32 = 128;
+    let blocks = source::block_count(from, fork);
+    let mut start = 0;
+    while start < blocks {
+        let end = (start + BATCH).min(blocks);
+        let pages: Vec<Vec<u8>> = (start..end)
+            .map(|block| {
+                let copy = source::copy_page(from, fork, oid, block, snapshot);
+                match snapshot {
+                    Some(_) => sanitized_page(copy, block, name),
+                    None => copy.bytes,
+                }
+            })
+            .collect();
+        if logged && fork == pg_sys::ForkNumber::MAIN_FORKNUM {
+            write_pages_at(to, start, &pages);
+        } else {
+            write_pages_synced_at(to, fork, start, &pages);
+        }
+        start = end;
+    }
+}
+
+pub fn copy_relation(
     locator: RelLocator,
     oid: u32,
     snapshot: Option<pg_sys::Snapshot>,
@@ -175,7 +217,7 @@ fn copy_relation(
 }
 
 /// Whether an index still has exactly the pages that were copied.
-fn unchanged(locator: RelLocator, oid: u32, pages: &[source::PageCopy]) -> bool {
+pub fn unchanged(locator: RelLocator, oid: u32, pages: &[source::PageCopy]) -> bool {
     let main = pg_sys::ForkNumber::MAIN_FORKNUM;
     source::block_count(locator, main) as usize == pages.len()
         && pages.iter().enumerate().all(|(block, copy)| {
@@ -227,9 +269,15 @@ pub fn write_catalog(clone: pg_sys::Oid, tablespace: pg_sys::Oid, copies: &[Copi
 /// checkpointer makes them durable like any other dirty buffer, so there is
 /// no fsync per relation (once ~220 of them per clone, and most of its time).
 pub fn write_pages(locator: RelLocator, pages: &[Vec<u8>]) {
-    let Some(last) = pages.len().checked_sub(1) else {
+    write_pages_at(locator, 0, pages);
+}
+
+/// `write_pages` for a fork that already has `start` blocks.
+pub fn write_pages_at(locator: RelLocator, start: u32, pages: &[Vec<u8>]) {
+    let Some(last) = (pages.len() as u32).checked_sub(1) else {
         return;
     };
+    let last = start + last;
     let main = pg_sys::ForkNumber::MAIN_FORKNUM;
     // SAFETY: the fork exists and is empty and nobody else can use it before
     // this transaction commits; each buffer is pinned and exclusively locked
@@ -237,13 +285,9 @@ pub fn write_pages(locator: RelLocator, pages: &[Vec<u8>]) {
     // short of a PANIC, as in PostgreSQL's own copy.
     unsafe {
         compat::extend_to(locator, main, last as u32, true);
-        for (block, bytes) in pages.iter().enumerate() {
-            let buffer = compat::read_buffer(
-                locator,
-                main,
-                block as u32,
-                compat::BlockRead::ZeroedAndLocked,
-            );
+        for (block, bytes) in (start..).zip(pages) {
+            let buffer =
+                compat::read_buffer(locator, main, block, compat::BlockRead::ZeroedAndLocked);
             let page = pg_sys::BufferGetPage(buffer) as *mut u8;
             pg_sys::CritSectionCount += 1;
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), page, page::BLCKSZ);
@@ -259,12 +303,21 @@ pub fn write_pages(locator: RelLocator, pages: &[Vec<u8>]) {
 /// main fork of an unlogged sequence, init forks): WAL first, then the file,
 /// then fsync before commit, the pattern of RelationCopyStorage.
 pub fn write_pages_synced(locator: RelLocator, fork: pg_sys::ForkNumber::Type, pages: &[Vec<u8>]) {
-    // SAFETY: the fork exists and is empty; each page is a full BLCKSZ buffer we own.
+    write_pages_synced_at(locator, fork, 0, pages);
+}
+
+/// `write_pages_synced` for a fork that already has `start` blocks.
+pub fn write_pages_synced_at(
+    locator: RelLocator,
+    fork: pg_sys::ForkNumber::Type,
+    start: u32,
+    pages: &[Vec<u8>],
+) {
+    // SAFETY: the fork exists with `start` blocks; each page is a full BLCKSZ buffer we own.
     unsafe {
         let smgr = compat::smgr_open(locator);
-        for (block, bytes) in pages.iter().enumerate() {
+        for (block, bytes) in (start..).zip(pages) {
             let mut page = bytes.clone();
-            let block = block as u32;
             compat::log_newpage(locator, fork, block, page.as_mut_ptr());
             pg_sys::PageSetChecksumInplace(page.as_mut_ptr().cast(), block);
             compat::extend_with(smgr, fork, block, &page, false);

@@ -13,6 +13,7 @@ use std::time::Instant;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::create::catalog_copy::{self, AccessMethodSwitch};
+use crate::create::nested;
 use crate::create::point::{self, PointRequest};
 use crate::create::source::{SourceDatabase, SourceRelation};
 use crate::pg::compat::{self, DatabaseLocale};
@@ -33,7 +34,10 @@ const DB_ROLE_SETTING_RELATION_ID: pg_sys::Oid = pg_sys::Oid::from_u32(2964);
 /// What `cow.clone` reports.
 pub struct CloneOutcome {
     pub clone_oid: u32,
+    /// The database whose files the clone reads: for a clone of a clone,
+    /// the root of the chain, whose pin holder serves it.
     pub source_oid: pg_sys::Oid,
+    pub source_name: String,
     pub clone_point_lsn: String,
     pub clone_point_time: i64,
     pub catalog_relations: i64,
@@ -41,11 +45,11 @@ pub struct CloneOutcome {
     pub elapsed_ms: f64,
 }
 
-struct SourceInfo {
+pub(super) struct SourceInfo {
     tablespace: pg_sys::Oid,
     frozen_xid: pg_sys::TransactionId,
     min_multi: pg_sys::MultiXactId,
-    locale: DatabaseLocale,
+    pub(super) locale: DatabaseLocale,
     has_login_event_triggers: bool,
 }
 
@@ -264,21 +268,21 @@ fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
 
 /// The clone being built by this backend, for the transaction callback.
 #[derive(Clone, Copy)]
-struct Pending {
-    clone: pg_sys::Oid,
-    source: pg_sys::Oid,
+pub(super) struct Pending {
+    pub(super) clone: pg_sys::Oid,
+    pub(super) source: pg_sys::Oid,
     /// This clone made its source's slot (standbys were told through its
     /// first witness, and must hear that it goes if the clone fails).
-    made_source_slot: bool,
+    pub(super) made_source_slot: bool,
     /// ... and persisted it: PostgreSQL no longer drops it on error, and no
     /// other clone relies on it yet.
-    persisted_source_slot: bool,
+    pub(super) persisted_source_slot: bool,
 }
 
 static mut PENDING_CLONE: Option<Pending> = None;
 static mut CALLBACK_REGISTERED: bool = false;
 
-fn set_pending(pending: Option<Pending>) {
+pub(super) fn set_pending(pending: Option<Pending>) {
     // SAFETY: backend-local state, touched only by this single-threaded backend.
     unsafe {
         if pending.is_some() && !CALLBACK_REGISTERED {
@@ -349,7 +353,10 @@ pub fn remove_clone_files(clone: pg_sys::Oid) {
 /// A catalog rewritten in the source after T (VACUUM FULL, REINDEX, CLUSTER)
 /// has new files: T's files may already be empty. The copy is only
 /// trustworthy if every catalog still has the storage T's pg_class names.
-fn check_catalog_not_rewritten(source: &SourceDatabase, at_clone_point: &[SourceRelation]) {
+pub(super) fn check_catalog_not_rewritten(
+    source: &SourceDatabase,
+    at_clone_point: &[SourceRelation],
+) {
     let current_source = SourceDatabase::open(source.oid, source.tablespace);
     let now = snapshot::HeldSnapshot::latest();
     let current = current_source.relations(now.0);
@@ -374,7 +381,7 @@ fn check_catalog_not_rewritten(source: &SourceDatabase, at_clone_point: &[Source
 }
 
 /// Creates the clone's database from template0 with the source's locale.
-fn create_database_shell(target: &str, locale: &DatabaseLocale) -> pg_sys::Oid {
+pub(super) fn create_database_shell(target: &str, locale: &DatabaseLocale) -> pg_sys::Oid {
     let mut options: Vec<(&str, String)> = vec![
         ("template", "template0".into()),
         ("strategy", "wal_log".into()),
@@ -410,7 +417,7 @@ fn create_database_shell(target: &str, locale: &DatabaseLocale) -> pg_sys::Oid {
 /// must promise no newer xids than the source's does, and announce the
 /// source's login event triggers (template0's row, which it starts from,
 /// has none).
-fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
+pub(super) fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
     // SAFETY: updates this transaction's own, not yet committed, pg_database
     // row, under the tuple lock current releases check for updates of that
     // catalog (as ALTER DATABASE takes it); nobody else knows the row yet.
@@ -447,7 +454,7 @@ fn inherit_frozen_horizons(clone: pg_sys::Oid, info: &SourceInfo) {
 /// The source's `ALTER DATABASE ... SET` settings (all roles, and per role)
 /// apply to the clone too: `pg_db_role_setting` is a shared catalog keyed by
 /// database OID, so its rows are copied under the clone's OID.
-fn inherit_settings(source: pg_sys::Oid, clone: pg_sys::Oid) {
+pub(super) fn inherit_settings(source: pg_sys::Oid, clone: pg_sys::Oid) {
     let query = format!(
         "SELECT setrole, setconfig FROM pg_catalog.pg_db_role_setting WHERE setdatabase = {}",
         u32::from(source)
@@ -601,14 +608,9 @@ pub fn clone_database(source_name: &str, target: &str, request: PointRequest) ->
     // source would wait for the clone.
     record::lock_source(source_oid);
     let info = source_info(source_oid, source_name);
-    if record::read_record(source_oid).is_some() {
-        CowError::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("database \"{source_name}\" is itself a clone"),
-        )
-        .detail("Cloning a clone is not supported yet.")
-        .hint("Clone the original source database instead.")
-        .raise();
+    let parent = record::read_record(source_oid);
+    if let Some(parent) = &parent {
+        nested::refuse(parent, source_name, request);
     }
     if info.tablespace != pg_sys::DEFAULTTABLESPACE_OID {
         CowError::new(
@@ -619,6 +621,9 @@ pub fn clone_database(source_name: &str, target: &str, request: PointRequest) ->
         .raise();
     }
     let source = SourceDatabase::open(source_oid, info.tablespace);
+    if let Some(parent) = parent {
+        return nested::clone_of_clone(started, &source, source_name, target, &info, parent);
+    }
     let past =
         (request != PointRequest::Now).then(|| point::resolve(source_oid, source_name, request));
 
@@ -732,6 +737,7 @@ pub fn clone_database(source_name: &str, target: &str, request: PointRequest) ->
             })
             .map(|r| (r.relfilenode, r.oid))
             .collect(),
+        chain: Vec::new(),
     });
     if pin == PinTaken::Created {
         slot::persist_acquired();
@@ -748,6 +754,7 @@ pub fn clone_database(source_name: &str, target: &str, request: PointRequest) ->
     CloneOutcome {
         clone_oid: u32::from(clone),
         source_oid,
+        source_name: source_name.to_string(),
         clone_point_lsn: record::format_lsn(point.lsn),
         clone_point_time: point.taken_at,
         catalog_relations: copies.len() as i64,

@@ -7,6 +7,7 @@
 
 pub mod catalog_copy;
 pub mod clone;
+pub mod nested;
 pub mod point;
 pub mod relmap;
 pub mod sanitize;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::pin::snapshot::ClonePoint;
 use crate::state::record::{
-    any_label_of, hex, labels_of, unhex, write_label, CloneRecord, PROVIDER,
+    any_label_of, hex, labels_of, unhex, write_label, CloneRecord, Level, PROVIDER,
 };
 
 /// The lineage's label: `cowclone lineage 1 source <oid> <hex>`.
@@ -30,6 +30,10 @@ pub struct Lineage {
     pub point: ClonePoint,
     pub created_at: i64,
     pub materialized_at: i64,
+    /// The chain of a clone of a clone (`CloneRecord::chain`), encoded
+    /// after the rest, which 0.5.0's library reads alone.
+    #[serde(skip)]
+    pub chain: Vec<Level>,
 }
 
 /// Replaces a materialized clone's record by its lineage, in this
@@ -44,8 +48,12 @@ pub fn replace_record(record: &CloneRecord) {
         created_at: record.created_at,
         // SAFETY: reads the clock.
         materialized_at: unsafe { pg_sys::GetCurrentTimestamp() },
+        chain: record.chain.clone(),
     };
-    let body = postcard::to_allocvec(&lineage).expect("a lineage serializes");
+    let mut body = postcard::to_allocvec(&lineage).expect("a lineage serializes");
+    if !lineage.chain.is_empty() {
+        body.extend(postcard::to_allocvec(&lineage.chain).expect("a chain serializes"));
+    }
     let label = format!("{LINEAGE_PREFIX}source {} {}", lineage.source, hex(&body));
     write_label(pg_sys::Oid::from(record.clone), PROVIDER, Some(&label));
 }
@@ -55,7 +63,13 @@ fn lineage_from_label(label: &str) -> Result<Lineage, String> {
         .strip_prefix(LINEAGE_PREFIX)
         .and_then(|rest| rest.rsplit(' ').next())
         .ok_or("not a cowclone lineage")?;
-    postcard::from_bytes(&unhex(hex)?).map_err(|e| e.to_string())
+    let body = unhex(hex)?;
+    let (mut lineage, rest): (Lineage, &[u8]) =
+        postcard::take_from_bytes(&body).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        lineage.chain = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+    }
+    Ok(lineage)
 }
 
 /// Every materialized database's lineage (whose database still exists: the

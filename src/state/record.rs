@@ -85,6 +85,25 @@ pub struct CloneRecord {
     /// for another's (pg_repack) although no file is dropped.
     #[serde(skip)]
     pub owners: Vec<(u32, u32)>,
+    /// A clone of a clone: the clones between its root source and itself,
+    /// oldest first, ending with itself (each with the point it was cut
+    /// from its parent). Empty for a clone of an ordinary database, whose
+    /// parent is `source` and whose point is `point`. Encoded after the
+    /// 0.4.0 trailer, in `Nesting`.
+    #[serde(skip)]
+    pub chain: Vec<Level>,
+}
+
+/// One clone in a chain of clones, as its descendants remember it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Level {
+    pub oid: u32,
+    /// Its name when the descendant was made, shown if it is dropped since.
+    pub name: String,
+    /// The LSN and time of the point it was cut from its parent at.
+    pub point_lsn: u64,
+    pub point_time: i64,
+    pub created_at: i64,
 }
 
 /// What 0.4.0 encodes after the record.
@@ -92,6 +111,12 @@ pub struct CloneRecord {
 struct Trailer {
     materialized: Vec<MaterializedStorage>,
     owners: Vec<(u32, u32)>,
+}
+
+/// What 0.6.0 encodes after the 0.4.0 trailer, for clones of clones.
+#[derive(Default, Serialize, Deserialize)]
+struct Nesting {
+    chain: Vec<Level>,
 }
 
 /// A relation of the clone that no longer reads its source: its rows were
@@ -104,6 +129,42 @@ pub struct MaterializedStorage {
 }
 
 impl CloneRecord {
+    /// The database this clone was made from, and the point it was cut at
+    /// (LSN, time): its source for a clone of an ordinary database, the
+    /// clone before it in the chain otherwise.
+    pub fn parent(&self) -> (u32, String) {
+        match self.chain.len() {
+            0 | 1 => (self.source, self.source_name.clone()),
+            n => (self.chain[n - 2].oid, self.chain[n - 2].name.clone()),
+        }
+    }
+
+    pub fn branch_point(&self) -> (u64, i64) {
+        self.chain
+            .last()
+            .map_or((self.point.lsn, self.point.taken_at), |l| {
+                (l.point_lsn, l.point_time)
+            })
+    }
+
+    /// The levels a child of this clone remembers: this chain (or, for a
+    /// clone of an ordinary database, the clone itself) then the child.
+    pub fn chain_for_child(&self, name: &str, child: Level) -> Vec<Level> {
+        let mut chain = if self.chain.is_empty() {
+            vec![Level {
+                oid: self.clone,
+                name: name.to_string(),
+                point_lsn: self.point.lsn,
+                point_time: self.point.taken_at,
+                created_at: self.created_at,
+            }]
+        } else {
+            self.chain.clone()
+        };
+        chain.push(child);
+        chain
+    }
+
     /// The encoding of 0.2.0's record files (read by `decode`).
     #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
@@ -139,12 +200,18 @@ pub(super) fn unhex(hex: &str) -> Result<Vec<u8>, String> {
 /// once some relation is materialized, of that list after it).
 fn to_label(record: &CloneRecord) -> String {
     let mut body = postcard::to_allocvec(record).expect("a record always serializes");
-    if !record.materialized.is_empty() || !record.owners.is_empty() {
+    if !record.materialized.is_empty() || !record.owners.is_empty() || !record.chain.is_empty() {
         let trailer = Trailer {
             materialized: record.materialized.clone(),
             owners: record.owners.clone(),
         };
         body.extend(postcard::to_allocvec(&trailer).expect("a trailer serializes"));
+    }
+    if !record.chain.is_empty() {
+        let nesting = Nesting {
+            chain: record.chain.clone(),
+        };
+        body.extend(postcard::to_allocvec(&nesting).expect("a chain serializes"));
     }
     format!("{LABEL_PREFIX}source {} {}", record.source, hex(&body))
 }
@@ -166,9 +233,14 @@ fn from_label(label: &str) -> Result<CloneRecord, String> {
     let (mut record, rest): (CloneRecord, &[u8]) =
         postcard::take_from_bytes(&body).map_err(|e| e.to_string())?;
     if !rest.is_empty() {
-        let trailer: Trailer = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+        let (trailer, rest): (Trailer, &[u8]) =
+            postcard::take_from_bytes(rest).map_err(|e| e.to_string())?;
         record.materialized = trailer.materialized;
         record.owners = trailer.owners;
+        if !rest.is_empty() {
+            let nesting: Nesting = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+            record.chain = nesting.chain;
+        }
     }
     if record.source != source {
         return Err("the label's source and its record disagree".into());
@@ -704,12 +776,32 @@ mod tests {
                 xid: 800,
             }],
             owners: vec![(16390, 16388)],
+            chain: Vec::new(),
         };
         let legacy = CloneRecord {
             materialized: Vec::new(),
             owners: Vec::new(),
             ..record.clone()
         };
+        let nested = CloneRecord {
+            depth: 2,
+            chain: record.chain_for_child(
+                "staging",
+                Level {
+                    oid: 16600,
+                    name: "dev1".into(),
+                    point_lsn: 0x1_7000_0000,
+                    point_time: 2_000_000,
+                    created_at: 2_000_100,
+                },
+            ),
+            ..record.clone()
+        };
+        assert_eq!(from_label(&to_label(&nested)).unwrap(), nested);
+        assert_eq!(nested.parent(), (16500, "staging".to_string()));
+        assert_eq!(nested.branch_point(), (0x1_7000_0000, 2_000_000));
+        assert_eq!(record.parent(), (16384, "prod".to_string()));
+        assert_eq!(record.branch_point(), (0x1_6B37_4D48, 1_000_000));
         assert_eq!(CloneRecord::decode(&legacy.encode()).unwrap(), legacy);
         assert_eq!(from_label(&to_label(&legacy)).unwrap(), legacy);
         assert_eq!(from_label(&to_label(&record)).unwrap(), record);

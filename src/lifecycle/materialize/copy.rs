@@ -35,6 +35,7 @@ use crate::pg::error::CowError;
 use crate::pg::failpoint;
 use crate::pg::page::{line_pointer, BLCKSZ};
 use crate::pg::relation::{self, relation_name};
+use crate::pin::snapshot::xid_precedes;
 use crate::read::clone_view;
 use crate::read::heap_page::{self, PageSource, MAX_TUPLES_PER_PAGE};
 use crate::state::record::{self, MaterializedStorage};
@@ -260,7 +261,19 @@ unsafe fn copy_part(rel: pg_sys::Relation, locator: RelLocator, xid: u32, pace: 
         let t = clone_view::current()
             .expect("a shadowed relation implies a view")
             .snapshot();
-        let deleters = committed_deleters(relfilenode);
+        let mut deleters = committed_deleters(relfilenode);
+        // A row whose deleter committed before every snapshot that can still
+        // look (one a clone of a clone inherited, or one VACUUM has since
+        // frozen past) is dead to all of them: it is not copied, as VACUUM
+        // would remove it, and its deleter's xid, which may precede the
+        // table's relfrozenxid, is never written.
+        let horizon = pg_sys::GetOldestNonRemovableTransactionId(rel);
+        let dead_to_all: HashSet<(u32, u16)> = deleters
+            .iter()
+            .filter(|(_, d)| xid_precedes(d.xid, u32::from(horizon)))
+            .map(|(key, _)| *key)
+            .collect();
+        deleters.retain(|key, _| !dead_to_all.contains(key));
         let indexes = Indexes::open(rel);
         let strategy = pg_sys::GetAccessStrategy(pg_sys::BufferAccessStrategyType::BAS_BULKREAD);
         let source = PageSource::Source { locator, permanent };
@@ -268,7 +281,7 @@ unsafe fn copy_part(rel: pg_sys::Relation, locator: RelLocator, xid: u32, pace: 
             rel,
             relfilenode,
             copies: vec![NO_COPY; blocks as usize],
-            applied: HashSet::new(),
+            applied: dead_to_all.clone(),
         };
         let mut visible = [0u16; MAX_TUPLES_PER_PAGE];
         for block in 0..blocks {
@@ -278,8 +291,12 @@ unsafe fn copy_part(rel: pg_sys::Relation, locator: RelLocator, xid: u32, pace: 
                 heap_page::collect_visible(buffer, block, (*rel).rd_id, t, &mut visible);
             let bytes = heap_page::page_bytes(buffer).to_vec();
             pg_sys::UnlockReleaseBuffer(buffer);
-            if count > 0 {
-                let kept = &visible[..count];
+            let kept: Vec<u16> = visible[..count]
+                .iter()
+                .copied()
+                .filter(|&o| !dead_to_all.contains(&(block, o)))
+                .collect();
+            if !kept.is_empty() {
                 pg_sys::LockRelationForExtension(rel, pg_sys::ExclusiveLock as i32);
                 let target = pg_sys::ReadBufferExtended(
                     rel,

@@ -81,16 +81,8 @@ pub fn materialize(name: &str, wait: bool) -> Outcome {
         )
         .raise();
     }
-    if !record::clones_of(clone).is_empty() {
-        // The place nested clones will fill: a clone that is a source keeps
-        // serving its own clones, which must then be materialized first.
-        CowError::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("database \"{name}\" is the source of other clones"),
-        )
-        .hint("Materialize or drop its clones first.")
-        .raise();
-    }
+    // Its own clones need nothing of it: a clone of a clone reads the root
+    // source and copies of its parent's storage (`create::nested`).
     if !wait {
         if lineage::job(clone).is_none() {
             lineage::set_job(clone, Some(&format!("requested {}", now())));
