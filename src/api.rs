@@ -20,7 +20,7 @@ pub mod cow {
     use crate::pg::preload;
     use crate::pin::age::{self, Scope};
     use crate::pin::slot;
-    use crate::state::record::Level;
+    use crate::state::lineage::Level;
     use crate::state::{lineage, record};
 
     fn timestamp(raw: i64) -> TimestampWithTimeZone {

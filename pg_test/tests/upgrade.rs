@@ -32,6 +32,11 @@ fn an_install_of_0_4_0_with_live_clones_updates_in_place() {
     updates_in_place_with_live_clones("0.4.0");
 }
 
+#[test]
+fn an_install_of_0_5_0_with_live_clones_updates_in_place() {
+    updates_in_place_with_live_clones("0.5.0");
+}
+
 fn updates_in_place_with_live_clones(from: &str) {
     let cluster = start_test_cluster(|c| {
         c.settings.push("cow.retention_mark_interval = 1".into());
@@ -116,6 +121,24 @@ fn updates_in_place_with_live_clones(from: &str) {
     }
     changed.sort();
     assert_eq!(contents(&cluster, "staging", "t", ""), changed);
+    // 0.6.0: a clone made before the update is cloned in turn, and its
+    // child keeps answering once the parent is materialized.
+    cluster
+        .psql("prod", "SELECT cow.clone('staging', 'staging_child')")
+        .unwrap();
+    assert_eq!(contents(&cluster, "staging_child", "t", ""), changed);
+    assert_eq!(
+        rows(
+            &cluster,
+            "prod",
+            "SELECT level, database, status FROM cow.lineage('staging_child')"
+        ),
+        [
+            "0|prod|source",
+            "1|staging|shadowed",
+            "2|staging_child|shadowed"
+        ]
+    );
     // A clone made before the update materializes with the updated SQL.
     assert_eq!(
         rows(
@@ -134,6 +157,7 @@ fn updates_in_place_with_live_clones(from: &str) {
         ),
         ["0"]
     );
+    assert_eq!(contents(&cluster, "staging_child", "t", ""), changed);
     // And a clone made after the update works alike.
     cluster
         .psql("prod", "SELECT cow.clone('prod', 'after_update')")

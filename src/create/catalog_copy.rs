@@ -284,7 +284,7 @@ pub fn write_pages_at(locator: RelLocator, start: u32, pages: &[Vec<u8>]) {
     // while its page is filled, and nothing in the critical section can fail
     // short of a PANIC, as in PostgreSQL's own copy.
     unsafe {
-        compat::extend_to(locator, main, last as u32, true);
+        compat::extend_to(locator, main, last, true);
         for (block, bytes) in (start..).zip(pages) {
             let buffer =
                 compat::read_buffer(locator, main, block, compat::BlockRead::ZeroedAndLocked);

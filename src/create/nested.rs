@@ -42,8 +42,8 @@ use crate::pg::relation::{lock_relation_in, unlock_relation_in};
 use crate::pin::exact;
 use crate::pin::slot;
 use crate::pin::snapshot::{self, ClonePoint, HeldSnapshot, PinTaken, PointSnapshot};
-use crate::state::lineage;
-use crate::state::record::{self, CloneRecord, Level};
+use crate::state::lineage::{self, Level};
+use crate::state::record::{self, CloneRecord};
 
 /// The deepest clone that can be cloned again is one level above this.
 pub const MAX_DEPTH: u32 = 8;

@@ -1,6 +1,8 @@
-//! What a materialized clone keeps, and the queue of materializations,
-//! both security labels of the clone's database beside its record
-//! (`record`): the lineage replaces the record when the database stops
+//! Where a clone comes from: the chain of a clone of a clone (each level
+//! as its descendants remember it, kept in its record), what a materialized
+//! clone keeps, and the queue of materializations. The last two are
+//! security labels of the clone's database beside its record (`record`):
+//! the lineage replaces the record when the database stops
 //! being a clone (it was a clone of the source at T), and a queued job is a
 //! label of its own provider, always stored inline, so the launcher, which
 //! cannot read labels stored out of line, finds every job to resume.
@@ -12,8 +14,58 @@ use serde::{Deserialize, Serialize};
 
 use crate::pin::snapshot::ClonePoint;
 use crate::state::record::{
-    any_label_of, hex, labels_of, unhex, write_label, CloneRecord, Level, PROVIDER,
+    any_label_of, hex, labels_of, unhex, write_label, CloneRecord, PROVIDER,
 };
+
+/// One clone in a chain of clones, as its descendants remember it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Level {
+    pub oid: u32,
+    /// Its name when the descendant was made, shown if it is dropped since.
+    pub name: String,
+    /// The LSN and time of the point it was cut from its parent at.
+    pub point_lsn: u64,
+    pub point_time: i64,
+    pub created_at: i64,
+}
+
+impl CloneRecord {
+    /// The database this clone was made from, and the point it was cut at
+    /// (LSN, time): its source for a clone of an ordinary database, the
+    /// clone before it in the chain otherwise.
+    pub fn parent(&self) -> (u32, String) {
+        match self.chain.len() {
+            0 | 1 => (self.source, self.source_name.clone()),
+            n => (self.chain[n - 2].oid, self.chain[n - 2].name.clone()),
+        }
+    }
+
+    pub fn branch_point(&self) -> (u64, i64) {
+        self.chain
+            .last()
+            .map_or((self.point.lsn, self.point.taken_at), |l| {
+                (l.point_lsn, l.point_time)
+            })
+    }
+
+    /// The levels a child of this clone remembers: this chain (or, for a
+    /// clone of an ordinary database, the clone itself) then the child.
+    pub fn chain_for_child(&self, name: &str, child: Level) -> Vec<Level> {
+        let mut chain = if self.chain.is_empty() {
+            vec![Level {
+                oid: self.clone,
+                name: name.to_string(),
+                point_lsn: self.point.lsn,
+                point_time: self.point.taken_at,
+                created_at: self.created_at,
+            }]
+        } else {
+            self.chain.clone()
+        };
+        chain.push(child);
+        chain
+    }
+}
 
 /// The lineage's label: `cowclone lineage 1 source <oid> <hex>`.
 const LINEAGE_PREFIX: &str = "cowclone lineage 1 ";

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::pg::error::CowError;
 use crate::pin::slot;
 use crate::pin::snapshot::{xid_precedes, ClonePoint};
+use crate::state::lineage::Level;
 use crate::state::witness::{self, Witness};
 
 const MAGIC: &[u8; 8] = b"COWCLON2";
@@ -94,18 +95,6 @@ pub struct CloneRecord {
     pub chain: Vec<Level>,
 }
 
-/// One clone in a chain of clones, as its descendants remember it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Level {
-    pub oid: u32,
-    /// Its name when the descendant was made, shown if it is dropped since.
-    pub name: String,
-    /// The LSN and time of the point it was cut from its parent at.
-    pub point_lsn: u64,
-    pub point_time: i64,
-    pub created_at: i64,
-}
-
 /// What 0.4.0 encodes after the record.
 #[derive(Default, Serialize, Deserialize)]
 struct Trailer {
@@ -129,42 +118,6 @@ pub struct MaterializedStorage {
 }
 
 impl CloneRecord {
-    /// The database this clone was made from, and the point it was cut at
-    /// (LSN, time): its source for a clone of an ordinary database, the
-    /// clone before it in the chain otherwise.
-    pub fn parent(&self) -> (u32, String) {
-        match self.chain.len() {
-            0 | 1 => (self.source, self.source_name.clone()),
-            n => (self.chain[n - 2].oid, self.chain[n - 2].name.clone()),
-        }
-    }
-
-    pub fn branch_point(&self) -> (u64, i64) {
-        self.chain
-            .last()
-            .map_or((self.point.lsn, self.point.taken_at), |l| {
-                (l.point_lsn, l.point_time)
-            })
-    }
-
-    /// The levels a child of this clone remembers: this chain (or, for a
-    /// clone of an ordinary database, the clone itself) then the child.
-    pub fn chain_for_child(&self, name: &str, child: Level) -> Vec<Level> {
-        let mut chain = if self.chain.is_empty() {
-            vec![Level {
-                oid: self.clone,
-                name: name.to_string(),
-                point_lsn: self.point.lsn,
-                point_time: self.point.taken_at,
-                created_at: self.created_at,
-            }]
-        } else {
-            self.chain.clone()
-        };
-        chain.push(child);
-        chain
-    }
-
     /// The encoding of 0.2.0's record files (read by `decode`).
     #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
