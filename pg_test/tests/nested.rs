@@ -15,7 +15,7 @@ use common::{
     assert_footprint_returns_to, catalog_checks_pass, footprint, rich_schema, rows, run_each,
     sqlstate, wait_until, INDEXED_QUERIES,
 };
-use pg_test::{start_test_cluster, Cluster};
+use pg_test::{start_test_cluster, Cluster, ClusterConfig};
 use postgres::SimpleQueryMessage;
 
 const SHAPES: [(&str, &str); 4] = [
@@ -527,6 +527,17 @@ fn a_crash_during_tpcb_in_the_middle_of_a_chain_leaves_every_level_consistent() 
     );
     // c4, cut from c3 before the crash, still reads as it did.
     assert_eq!(answers_of_pgbench(&cluster, "c4"), before[2]);
+    // Dropping the root with FORCE materializes the whole chain first.
+    let c4 = answers_of_pgbench(&cluster, "c4");
+    cluster
+        .psql("postgres", "SELECT cow.drop_database('prod', force => true)")
+        .unwrap();
+    assert_eq!(
+        rows(&cluster, "postgres", "SELECT string_agg(clone || ' ' || status, ', ' ORDER BY clone) FROM cow.clones"),
+        ["c1 materialized, c2 materialized, c3 materialized, c4 materialized"]
+    );
+    assert_eq!(answers_of_pgbench(&cluster, "c4"), c4);
+    assert_eq!(answers_of_pgbench(&cluster, "c1"), before[0]);
 }
 
 /// pgbench's tables and each level's own table, in full, under a
@@ -660,5 +671,72 @@ fn a_parent_cloned_under_tpcb_gives_consistent_children() {
         &cluster,
         &before,
         "a refused clone of a clone as of the past",
+    );
+}
+
+/// A chain made on a primary reaches a streaming standby through WAL (one
+/// level is in the base backup, the others come by WAL only): every level
+/// answers there exactly as on the primary, with the same lineage. Once
+/// promoted, the standby writes at the bottom of the chain and clones it.
+#[test]
+fn a_standby_replays_a_chain_and_answers_as_the_primary() {
+    let primary = start_test_cluster(|_| {}).unwrap();
+    primary
+        .psql("postgres", "CREATE EXTENSION cowclone")
+        .unwrap();
+    primary.psql("postgres", "CREATE DATABASE prod").unwrap();
+    primary.psql("prod", "CREATE EXTENSION cowclone").unwrap();
+    pgbench_init(&primary, "prod");
+    let level_writes = |level: usize| {
+        format!(
+            "UPDATE pgbench_accounts SET filler = 'level {level}' WHERE aid % 9 = {level};
+             DELETE FROM pgbench_accounts WHERE aid % 97 = {level};
+             CREATE TABLE own_{level} AS SELECT g AS id FROM generate_series(1, 500) g;
+             CREATE INDEX ON own_{level} (id)"
+        )
+    };
+    clone_of(&primary, "prod", "c1");
+    run_each(&primary, "c1", &level_writes(1));
+    let mut standby = primary
+        .base_backup(ClusterConfig::for_tests().unwrap(), true)
+        .unwrap();
+    standby.start().unwrap();
+    for level in 2..=3 {
+        clone_of(&primary, &format!("c{}", level - 1), &format!("c{level}"));
+        run_each(&primary, &format!("c{level}"), &level_writes(level));
+    }
+    run_each(
+        &primary,
+        "prod",
+        "UPDATE pgbench_accounts SET abalance = abalance - 1 WHERE aid % 7 = 1; VACUUM pgbench_accounts",
+    );
+    primary.wait_for_replay(&standby).unwrap();
+    for db in ["c1", "c2", "c3"] {
+        assert_eq!(
+            answers_of_pgbench(&standby, db),
+            answers_of_pgbench(&primary, db),
+            "{db} on the standby"
+        );
+    }
+    let lineage = "SELECT level, database, status, clone_point_lsn FROM cow.lineage('c3')";
+    assert_eq!(
+        rows(&standby, "postgres", lineage),
+        rows(&primary, "postgres", lineage)
+    );
+
+    standby.promote().unwrap();
+    let before = answers_of_pgbench(&standby, "c3");
+    standby
+        .psql("c3", "UPDATE pgbench_accounts SET abalance = 7 WHERE aid <= 100")
+        .unwrap();
+    clone_of(&standby, "c3", "c4");
+    assert_eq!(
+        answers_of_pgbench(&standby, "c4"),
+        answers_of_pgbench(&standby, "c3")
+    );
+    assert_ne!(answers_of_pgbench(&standby, "c4"), before);
+    assert_eq!(
+        rows(&standby, "postgres", "SELECT depth, parent FROM cow.clones WHERE clone = 'c4'"),
+        ["4|c3"]
     );
 }
