@@ -183,6 +183,23 @@ pub fn run(pg: &PgInstall) -> Result<()> {
 
     drop((cloner, app));
 
+    // A clone of a clone: a branch per developer from the shared staging.
+    let dev = one(
+        &cluster,
+        "prod",
+        "SELECT format('in %s ms, as of WAL %s', round(elapsed_ms::numeric), clone_point_lsn) FROM cow.clone('staging', 'dev1')",
+    )?;
+    cluster.psql(
+        "dev1",
+        "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 5000",
+    )?;
+    step(&format!(
+        "A clone of a clone: cow.clone('staging', 'dev1') {dev}. dev1 starts as staging was (its writes included) and writes on its own (+1 to account 5000 in dev1):\n   dev1:    {}\n   staging: {}\n   cow.lineage('dev1'): {}",
+        one(&cluster, "dev1", written)?,
+        one(&cluster, "staging", written)?,
+        one(&cluster, "prod", "SELECT string_agg(format('%s %s (%s)', level, database, status), ' -> ' ORDER BY level) FROM cow.lineage('dev1')")?
+    ));
+
     // A point in time: prod keeps an hour of history; a mistaken DELETE
     // happens; a clone as of just before it shows what was lost.
     one(
@@ -225,25 +242,23 @@ pub fn run(pg: &PgInstall) -> Result<()> {
         "prod",
         "SELECT format('%s: %s tables, %s MB copied from prod in %s ms', status, tables, round(bytes_copied / 1048576.0, 1), round(elapsed_ms::numeric)) FROM cow.materialize('staging')",
     )?;
-    let slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cowclone%'";
-    let mut left = one(&cluster, "postgres", slots)?;
-    for _ in 0..100 {
-        if left == "0" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        left = one(&cluster, "postgres", slots)?;
-    }
     step(&format!(
-        "cow.materialize('staging') copies every row staging still reads from prod into its own storage, table by table, while it stays readable and writable; then it is an ordinary database:\n   {materialized}\n   its tables: {}\n   cow.clones: {}\n   prod's pin is released: {left} cowclone slots left",
+        "cow.materialize('staging') copies every row staging still reads from prod into its own storage, table by table, while it stays readable and writable; then it is an ordinary database, and its child dev1 is unaffected (it reads nothing of staging):\n   {materialized}\n   its tables: {}\n   cow.clones: {}\n   dev1: {}",
         one(&cluster, "staging", "SELECT string_agg(DISTINCT a.amname, ', ') FROM pg_class c JOIN pg_am a ON a.oid = c.relam WHERE c.relnamespace = 'public'::regnamespace")?,
-        one(&cluster, "prod", "SELECT string_agg(clone || ' of ' || source || ': ' || status, '; ') FROM cow.clones")?
+        one(&cluster, "prod", "SELECT string_agg(clone || ' of ' || source || ': ' || status, '; ' ORDER BY clone) FROM cow.clones")?,
+        one(&cluster, "dev1", written)?
     ));
 
-    admin.batch_execute("DROP DATABASE prod")?;
+    let refused = match admin.batch_execute("DROP DATABASE prod") {
+        Ok(()) => "it was not refused".to_string(),
+        Err(e) => Error::from(e).to_string(),
+    };
+    // From staging, which has the extension (and is an ordinary database now).
+    cluster.psql("staging", "SELECT cow.drop_database('prod', force => true)")?;
     step(&format!(
-        "DROP DATABASE prod now succeeds, and staging still answers:\n   staging: {}",
-        one(&cluster, "staging", written)?
+        "DROP DATABASE prod is refused while dev1 still reads it:\n   ERROR: {refused}\n   cow.drop_database('prod', force => true) materializes dev1 and drops prod; staging and dev1 still answer:\n   staging: {}\n   dev1:    {}",
+        one(&cluster, "staging", written)?,
+        one(&cluster, "dev1", written)?
     ));
 
     drop(admin);

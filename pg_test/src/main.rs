@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pg_test::bench::{Benchmark, HistoryBenchOptions, MaterializeBenchOptions, PinBenchOptions};
+use pg_test::bench::{
+    Benchmark, HistoryBenchOptions, MaterializeBenchOptions, NestedBenchOptions, PinBenchOptions,
+};
 use pg_test::cluster::{Cluster, ClusterConfig};
 use pg_test::extension::{build_and_install, Profile};
 use pg_test::install::{parse_major_choice, MajorChoice, PgInstall, DEFAULT_MAJOR};
@@ -24,6 +26,7 @@ fn usage() -> &'static str {
   bench --pin [--quick] [--pg N]
   bench --materialize [--quick] [--pg N]
   bench --history [--quick] [--pg N]
+  bench --nested [--quick] [--pg N]
                                           cowclone vs TEMPLATE vs pg_dump|pg_restore, as ratios"
 }
 
@@ -79,6 +82,7 @@ struct Flags {
     pin: bool,
     materialize: bool,
     history: bool,
+    nested: bool,
     scales: Option<Vec<u32>>,
 }
 
@@ -117,6 +121,7 @@ fn parse_flags(args: &[String], allowed: &[&str]) -> std::result::Result<Flags, 
             "--pin" => flags.pin = true,
             "--materialize" => flags.materialize = true,
             "--history" => flags.history = true,
+            "--nested" => flags.nested = true,
             "--scales" => {
                 let v = value()?;
                 let scales: Option<Vec<u32>> = v
@@ -205,11 +210,18 @@ fn dispatch(args: &[String]) -> std::result::Result<(), Failure> {
                     "--pin",
                     "--materialize",
                     "--history",
+                    "--nested",
                 ],
             )?;
             let pg = pg_of(&flags)?;
             setup::setup(&pg)?;
-            let benchmark = if flags.history {
+            let benchmark = if flags.nested {
+                Benchmark::Nested(if flags.quick {
+                    NestedBenchOptions::quick()
+                } else {
+                    NestedBenchOptions::standard()
+                })
+            } else if flags.history {
                 Benchmark::History(if flags.quick {
                     HistoryBenchOptions::quick()
                 } else {

@@ -530,10 +530,17 @@ fn a_crash_during_tpcb_in_the_middle_of_a_chain_leaves_every_level_consistent() 
     // Dropping the root with FORCE materializes the whole chain first.
     let c4 = answers_of_pgbench(&cluster, "c4");
     cluster
-        .psql("postgres", "SELECT cow.drop_database('prod', force => true)")
+        .psql(
+            "postgres",
+            "SELECT cow.drop_database('prod', force => true)",
+        )
         .unwrap();
     assert_eq!(
-        rows(&cluster, "postgres", "SELECT string_agg(clone || ' ' || status, ', ' ORDER BY clone) FROM cow.clones"),
+        rows(
+            &cluster,
+            "postgres",
+            "SELECT string_agg(clone || ' ' || status, ', ' ORDER BY clone) FROM cow.clones"
+        ),
         ["c1 materialized, c2 materialized, c3 materialized, c4 materialized"]
     );
     assert_eq!(answers_of_pgbench(&cluster, "c4"), c4);
@@ -727,7 +734,10 @@ fn a_standby_replays_a_chain_and_answers_as_the_primary() {
     standby.promote().unwrap();
     let before = answers_of_pgbench(&standby, "c3");
     standby
-        .psql("c3", "UPDATE pgbench_accounts SET abalance = 7 WHERE aid <= 100")
+        .psql(
+            "c3",
+            "UPDATE pgbench_accounts SET abalance = 7 WHERE aid <= 100",
+        )
         .unwrap();
     clone_of(&standby, "c3", "c4");
     assert_eq!(
@@ -736,7 +746,11 @@ fn a_standby_replays_a_chain_and_answers_as_the_primary() {
     );
     assert_ne!(answers_of_pgbench(&standby, "c4"), before);
     assert_eq!(
-        rows(&standby, "postgres", "SELECT depth, parent FROM cow.clones WHERE clone = 'c4'"),
+        rows(
+            &standby,
+            "postgres",
+            "SELECT depth, parent FROM cow.clones WHERE clone = 'c4'"
+        ),
         ["4|c3"]
     );
 }

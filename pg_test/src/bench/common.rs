@@ -4,6 +4,7 @@
 //! section of. Depends on no benchmark.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::error::{Error, Result};
@@ -120,6 +121,32 @@ pub fn tpcb(cluster: &Cluster, db: &str, seconds: u32) -> Result<String> {
     )
 }
 
+/// How long `sql` takes in `db` on a fresh connection (connecting excluded).
+pub fn timed(cluster: &Cluster, db: &str, sql: &str) -> Result<f64> {
+    let mut client = cluster.connect(db)?;
+    let started = Instant::now();
+    client.batch_execute(sql)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// `pgbench -S -c 2 -j 2` in `db` for `seconds`: its tps.
+pub fn select_only_tps(cluster: &Cluster, db: &str, seconds: u32) -> Result<f64> {
+    let out = run_captured(
+        cluster.client_command("pgbench", db).args([
+            "-S",
+            "-n",
+            "-c",
+            "2",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+        ]),
+        "pgbench -S",
+    )?;
+    pgbench_tps(&out)
+}
+
 /// docs/BENCHMARKS.md.
 pub fn benchmarks_md() -> PathBuf {
     workspace_root().join("docs/BENCHMARKS.md")
@@ -163,14 +190,21 @@ pub const HISTORY_SECTION: DocsSection = DocsSection {
     end: "<!-- /history -->",
 };
 
+/// `bench --nested`'s section.
+pub const NESTED_SECTION: DocsSection = DocsSection {
+    start: "<!-- nested: written by `bench --nested` -->",
+    end: "<!-- /nested -->",
+};
+
 /// The sections the creation benchmark keeps, in this order, after its own
 /// text when it rewrites the whole file.
-pub const OWNED_SECTIONS: [DocsSection; 5] = [
+pub const OWNED_SECTIONS: [DocsSection; 6] = [
     READS_SECTION,
     WRITES_SECTION,
     PIN_SECTION,
     MATERIALIZE_SECTION,
     HISTORY_SECTION,
+    NESTED_SECTION,
 ];
 
 impl DocsSection {

@@ -10,6 +10,7 @@
 //! - [`writes`] (`--writes`): writing in a clone vs in a plain copy;
 //! - [`pin`] (`--pin`): what a clone's pin costs other databases and the clone;
 //! - [`materialize`] (`--materialize`): materializing a clone vs `TEMPLATE` copies;
+//! - [`nested`] (`--nested`): reading clones of clones at depth 1, 4 and 8 vs the source;
 //! - [`history`] (`--history`): what a history window costs its source and
 //!   others, and cloning as of points of it.
 
@@ -17,6 +18,7 @@ pub mod common;
 pub mod creation;
 pub mod history;
 pub mod materialize;
+pub mod nested;
 pub mod pin;
 pub mod reads;
 pub mod writes;
@@ -24,6 +26,7 @@ pub mod writes;
 pub use creation::BenchOptions;
 pub use history::HistoryBenchOptions;
 pub use materialize::MaterializeBenchOptions;
+pub use nested::NestedBenchOptions;
 pub use pin::PinBenchOptions;
 pub use reads::ReadBenchOptions;
 pub use writes::WriteBenchOptions;
@@ -39,6 +42,7 @@ pub enum Benchmark {
     Pin(PinBenchOptions),
     Materialize(MaterializeBenchOptions),
     History(HistoryBenchOptions),
+    Nested(NestedBenchOptions),
 }
 
 impl Benchmark {
@@ -80,6 +84,7 @@ pub fn run(pg: &PgInstall, benchmark: &Benchmark) -> Result<()> {
         Benchmark::Pin(options) => pin::run(pg, options),
         Benchmark::Materialize(options) => materialize::run(pg, options),
         Benchmark::History(options) => history::run(pg, options),
+        Benchmark::Nested(options) => nested::run(pg, options),
     }
 }
 

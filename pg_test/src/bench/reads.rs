@@ -6,10 +6,10 @@
 //! gives each the same cache state, and medians absorb the rest.
 
 use std::fmt::Write as _;
-use std::time::Instant;
 
-use super::common::{median, number, pgbench_source_cluster, pgbench_tps, READS_SECTION};
-use crate::cluster::Cluster;
+use super::common::{
+    median, number, pgbench_source_cluster, select_only_tps, timed, READS_SECTION,
+};
 use crate::error::{Error, Result};
 use crate::install::PgInstall;
 use crate::process::run_captured;
@@ -134,30 +134,6 @@ pub fn run(pg: &PgInstall, options: &ReadBenchOptions) -> Result<()> {
         println!("updated docs/BENCHMARKS.md");
     }
     Ok(())
-}
-
-fn timed(cluster: &Cluster, db: &str, sql: &str) -> Result<f64> {
-    let mut client = cluster.connect(db)?;
-    let started = Instant::now();
-    client.batch_execute(sql)?;
-    Ok(started.elapsed().as_secs_f64())
-}
-
-fn select_only_tps(cluster: &Cluster, db: &str, seconds: u32) -> Result<f64> {
-    let out = run_captured(
-        cluster.client_command("pgbench", db).args([
-            "-S",
-            "-n",
-            "-c",
-            "2",
-            "-j",
-            "2",
-            "-T",
-            &seconds.to_string(),
-        ]),
-        "pgbench -S",
-    )?;
-    pgbench_tps(&out)
 }
 
 /// Whole megabytes (`common::mb` gives tenths).
