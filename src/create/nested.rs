@@ -350,6 +350,20 @@ pub(super) fn clone_of_clone(
     // even if the parent is materialized or dropped right after.
     record::lock_source(root);
     let held = hold_parent(parent_db);
+    // Read again now that no table of the parent can be switched by a
+    // materialization: one that switched a table before the locks were
+    // granted changed the record read before them, and the point sees it.
+    let parent = record::read_record(parent_db.oid).unwrap_or_else(|| {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("database \"{parent_name}\" stopped being a clone during the clone"),
+        )
+        .hint(
+            "Its materialization ended meanwhile: retry, and it is cloned as an ordinary database.",
+        )
+        .raise()
+    });
+    refuse(&parent, parent_name, PointRequest::Now);
     let (point, relations) = (held.point.clone(), held.relations.clone());
     let mut at = PointSnapshot::new(&point);
     catalog_copy::set_extension_namespace(parent_db.namespace_oid(&relations, at.as_ptr(), "cow"));

@@ -75,25 +75,34 @@ impl CowScan {
         }
     }
 
-    pub(super) fn is_hidden(&self, offset: u16) -> bool {
+    /// The hidden source rows of the loaded page: one search per page, so
+    /// a page without any (nearly every page) costs no per-row lookup.
+    fn hidden_on_page(&self) -> &[(u32, u16)] {
         if self.hidden_len == 0 {
-            return false;
+            return &[];
         }
         // SAFETY: hidden holds hidden_len entries for the life of the scan.
         let hidden = unsafe { std::slice::from_raw_parts(self.hidden, self.hidden_len) };
-        hidden.binary_search(&(self.file_block, offset)).is_ok()
+        let start = hidden.partition_point(|&(block, _)| block < self.file_block);
+        let end = start + hidden[start..].partition_point(|&(block, _)| block == self.file_block);
+        &hidden[start..end]
     }
 
     /// Drops source rows the tombstones hide from the collected offsets;
     /// returns how many were dropped.
     pub(super) fn drop_hidden(&mut self) -> usize {
-        if !self.from_source || self.hidden_len == 0 {
+        if !self.from_source {
             return 0;
         }
+        let on_page = self.hidden_on_page();
+        if on_page.is_empty() {
+            return 0;
+        }
+        let on_page: Vec<u16> = on_page.iter().map(|&(_, offset)| offset).collect();
         let mut kept = 0;
         for i in 0..self.count {
             let offset = self.offsets[i];
-            if !self.is_hidden(offset) {
+            if on_page.binary_search(&offset).is_err() {
                 self.offsets[kept] = offset;
                 kept += 1;
             }
