@@ -187,13 +187,20 @@ fn writes_before_child(level: usize) -> String {
     sql
 }
 
-/// The writes each level gets after its child is made.
+/// The writes each level gets after its child is made: DML, and DDL that
+/// drops or rewrites storage the child was copied from (its own table
+/// rewritten, a table it shadows truncated), which the parent may do: the
+/// child reads none of it.
 fn writes_after_child(level: usize) -> String {
     format!(
         "UPDATE app.everything SET small = {level} WHERE id % 5 = {m5};
          DELETE FROM pgbench_accounts WHERE aid % 101 = {level};
          INSERT INTO app.own_{level} SELECT g, 'after the child' FROM generate_series(1000, 1010) g;
          UPDATE app.own_{level} SET what = 'moved' WHERE id <= 5;
+         ALTER TABLE app.own_{level} ADD COLUMN after_child int DEFAULT {level};
+         CREATE INDEX ON app.own_{level} (what);
+         VACUUM FULL app.own_{level};
+         TRUNCATE pgbench_history;
          VACUUM app.everything;",
         m5 = level % 5,
     )
