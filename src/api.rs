@@ -20,7 +20,6 @@ pub mod cow {
     use crate::pg::preload;
     use crate::pin::age::{self, Scope};
     use crate::pin::slot;
-    use crate::state::lineage::Level;
     use crate::state::{lineage, record};
 
     fn timestamp(raw: i64) -> TimestampWithTimeZone {
@@ -223,16 +222,7 @@ pub mod cow {
             .into_iter()
             .filter_map(|r| {
                 let clone = pg_sys::Oid::from(r.clone);
-                // SAFETY: a catalog lookup inside a transaction; null when
-                // the clone's database no longer exists.
-                let name = unsafe { pg_sys::get_database_name(clone) };
-                if name.is_null() {
-                    return None;
-                }
-                // SAFETY: a palloc'd NUL-terminated name.
-                let name = unsafe { std::ffi::CStr::from_ptr(name) }
-                    .to_string_lossy()
-                    .into_owned();
+                let name = database_name(clone)?;
                 let source = pg_sys::Oid::from(r.source);
                 let (branch_lsn, branch_time) = r.branch_point();
                 let (pin_age, state) = age::pin_age(source, r.point.xmin);
@@ -438,10 +428,7 @@ pub mod cow {
             })
             .collect();
         for l in lineage::all() {
-            let (oid, name) = match l.chain.len() {
-                0 | 1 => (l.source, l.source_name),
-                n => (l.chain[n - 2].oid, l.chain[n - 2].name.clone()),
-            };
+            let (oid, name) = l.parent();
             rows.push((pg_sys::Oid::from(l.clone), pg_sys::Oid::from(oid), name));
         }
         TableIterator::new(rows)
@@ -467,44 +454,24 @@ pub mod cow {
             name!(created_at, Option<TimestampWithTimeZone>),
         ),
     > {
-        let own = |oid: u32, name: &str, point: (u64, i64), created: i64| Level {
-            oid,
-            name: name.to_string(),
-            point_lsn: point.0,
-            point_time: point.1,
-            created_at: created,
-        };
+        let name = database_name(db).unwrap_or_default();
         let (root, root_name, chain) = if let Some(r) = record::read_record(db) {
-            let name = database_name(db).unwrap_or_default();
-            let chain = match r.chain.is_empty() {
-                true => vec![own(r.clone, &name, r.branch_point(), r.created_at)],
-                false => r.chain.clone(),
-            };
-            (r.source, r.source_name, chain)
+            (r.source, r.source_name.clone(), r.levels(&name))
         } else if let Some(l) = lineage::all()
             .into_iter()
             .find(|l| l.clone == u32::from(db))
         {
-            let name = database_name(db).unwrap_or_default();
-            let chain = match l.chain.is_empty() {
-                true => vec![own(
-                    l.clone,
-                    &name,
-                    (l.point.lsn, l.point.taken_at),
-                    l.created_at,
-                )],
-                false => l.chain.clone(),
-            };
-            (l.source, l.source_name, chain)
+            (l.source, l.source_name.clone(), l.levels(&name))
         } else {
             return TableIterator::new(Vec::new());
         };
         let root_oid = pg_sys::Oid::from(root);
+        let root_now = database_name(root_oid);
         let mut rows = vec![(
             0,
             root_oid,
-            database_name(root_oid).unwrap_or(root_name),
-            if database_name(root_oid).is_some() {
+            root_now.clone().unwrap_or(root_name),
+            if root_now.is_some() {
                 "source"
             } else {
                 "dropped"
@@ -515,7 +482,8 @@ pub mod cow {
         )];
         for (level, l) in chain.into_iter().enumerate() {
             let oid = pg_sys::Oid::from(l.oid);
-            let status = match database_name(oid) {
+            let now = database_name(oid);
+            let status = match now {
                 None => "dropped",
                 Some(_) if record::read_record(oid).is_some() => {
                     if lineage::job(oid).is_some() {
@@ -529,7 +497,7 @@ pub mod cow {
             rows.push((
                 level as i32 + 1,
                 oid,
-                database_name(oid).unwrap_or(l.name),
+                now.unwrap_or(l.name),
                 status,
                 Some(record::format_lsn(l.point_lsn)),
                 Some(timestamp(l.point_time)),

@@ -10,7 +10,10 @@ use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{app_tables, contents, rich_schema, rows, sqlstate, wait_until, INDEXED_QUERIES};
+use common::{
+    app_tables, assert_tpcb_invariant, contents, rich_schema, rows, sqlstate, tpcb_sums,
+    wait_until, INDEXED_QUERIES,
+};
 use pg_test::{start_test_cluster, Cluster};
 
 /// Relations of `db` still using one of cowclone's access methods.
@@ -193,26 +196,6 @@ fn finished_cleanly(child: std::process::Child) -> String {
     let report = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "pgbench failed: {report}");
     report
-}
-
-/// TPC-B's invariant: every transaction adds its delta to one account, one
-/// teller, one branch and the history.
-fn tpcb_sums(cluster: &Cluster, db: &str) -> Vec<String> {
-    rows(
-        cluster,
-        db,
-        "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), \
-         (SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
-    )
-}
-
-fn assert_tpcb_invariant(cluster: &Cluster, db: &str) {
-    let sums = tpcb_sums(cluster, db);
-    let values: Vec<&str> = sums[0].split('|').collect();
-    assert!(
-        values.iter().all(|v| *v == values[0]),
-        "TPC-B sums in {db}: {sums:?}"
-    );
 }
 
 fn source_with_rich_schema() -> Cluster {

@@ -12,8 +12,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    assert_footprint_returns_to, catalog_checks_pass, footprint, rich_schema, rows, run_each,
-    sqlstate, wait_until, INDEXED_QUERIES,
+    assert_footprint_returns_to, assert_tpcb_invariant, catalog_checks_pass, footprint,
+    rich_schema, rows, run_each, sqlstate, tpcb_sums, wait_until, INDEXED_QUERIES,
 };
 use pg_test::{start_test_cluster, Cluster, ClusterConfig};
 use postgres::SimpleQueryMessage;
@@ -44,16 +44,18 @@ const KEY_QUERIES: [&str; 5] = [
     "SELECT count(*) FROM app.everything WHERE id > 10",
 ];
 
-/// A cluster with cowclone in `postgres` and in `prod`, which holds the
-/// rich schema and pgbench's tables.
-fn prod_with_rich_schema() -> Cluster {
+/// A cluster with cowclone in `postgres` and in `prod`, which holds what
+/// `setup` runs (SQL files) and pgbench's tables.
+fn prod_with(setup: &[std::path::PathBuf]) -> Cluster {
     let cluster = start_test_cluster(|_| {}).unwrap();
     cluster
         .psql("postgres", "CREATE EXTENSION cowclone")
         .unwrap();
     cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
     cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
-    cluster.psql_file("prod", &rich_schema()).unwrap();
+    for file in setup {
+        cluster.psql_file("prod", file).unwrap();
+    }
     pgbench_init(&cluster, "prod");
     cluster
 }
@@ -269,7 +271,7 @@ fn template_copy(cluster: &Cluster, parent: &str, child: &str) {
 /// still equals its twin; c8 materialized is depth 0 again and clones.
 #[test]
 fn a_chain_of_eight_clones_answers_like_a_chain_of_template_copies() {
-    let cluster = prod_with_rich_schema();
+    let cluster = prod_with(&[rich_schema()]);
     clone_of(&cluster, "prod", "c1");
     template_copy(&cluster, "prod", "t1");
     for level in 1..=8 {
@@ -437,25 +439,6 @@ fn a_chain_of_eight_clones_answers_like_a_chain_of_template_copies() {
     assert_same_answers(&cluster, "c8", "t8", "c8 materialized");
 }
 
-/// TPC-B sums of a database: equal when every transaction was whole.
-fn tpcb_sums(cluster: &Cluster, db: &str) -> Vec<String> {
-    rows(
-        cluster,
-        db,
-        "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), \
-         (SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
-    )
-}
-
-fn assert_tpcb_invariant(cluster: &Cluster, db: &str) {
-    let sums = tpcb_sums(cluster, db);
-    let values: Vec<&str> = sums[0].split('|').collect();
-    assert!(
-        values.iter().all(|v| *v == values[0]),
-        "TPC-B sums in {db}: {sums:?}"
-    );
-}
-
 fn pgbench_for(cluster: &Cluster, db: &str, seconds: u32) -> std::process::Child {
     cluster
         .client_command("pgbench", db)
@@ -474,13 +457,7 @@ fn pgbench_for(cluster: &Cluster, db: &str, seconds: u32) -> std::process::Child
 /// and every other level is exactly as before.
 #[test]
 fn a_crash_during_tpcb_in_the_middle_of_a_chain_leaves_every_level_consistent() {
-    let mut cluster = start_test_cluster(|_| {}).unwrap();
-    cluster
-        .psql("postgres", "CREATE EXTENSION cowclone")
-        .unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
-    pgbench_init(&cluster, "prod");
+    let mut cluster = prod_with(&[]);
     let mut parent = "prod".to_string();
     for level in 1..=4 {
         let clone = format!("c{level}");
@@ -584,13 +561,7 @@ fn answers_of_pgbench(cluster: &Cluster, db: &str) -> Vec<(String, Vec<String>)>
 /// materialized.
 #[test]
 fn a_parent_cloned_under_tpcb_gives_consistent_children() {
-    let cluster = start_test_cluster(|_| {}).unwrap();
-    cluster
-        .psql("postgres", "CREATE EXTENSION cowclone")
-        .unwrap();
-    cluster.psql("postgres", "CREATE DATABASE prod").unwrap();
-    cluster.psql("prod", "CREATE EXTENSION cowclone").unwrap();
-    pgbench_init(&cluster, "prod");
+    let cluster = prod_with(&[]);
     clone_of(&cluster, "prod", "staging");
 
     let bench = pgbench_for(&cluster, "staging", 15);
@@ -694,13 +665,7 @@ fn a_parent_cloned_under_tpcb_gives_consistent_children() {
 /// promoted, the standby writes at the bottom of the chain and clones it.
 #[test]
 fn a_standby_replays_a_chain_and_answers_as_the_primary() {
-    let primary = start_test_cluster(|_| {}).unwrap();
-    primary
-        .psql("postgres", "CREATE EXTENSION cowclone")
-        .unwrap();
-    primary.psql("postgres", "CREATE DATABASE prod").unwrap();
-    primary.psql("prod", "CREATE EXTENSION cowclone").unwrap();
-    pgbench_init(&primary, "prod");
+    let primary = prod_with(&[]);
     let level_writes = |level: usize| {
         format!(
             "UPDATE pgbench_accounts SET filler = 'level {level}' WHERE aid % 9 = {level};

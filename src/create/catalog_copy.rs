@@ -273,7 +273,7 @@ pub fn write_pages(locator: RelLocator, pages: &[Vec<u8>]) {
 }
 
 /// `write_pages` for a fork that already has `start` blocks.
-pub fn write_pages_at(locator: RelLocator, start: u32, pages: &[Vec<u8>]) {
+fn write_pages_at(locator: RelLocator, start: u32, pages: &[Vec<u8>]) {
     let Some(last) = (pages.len() as u32).checked_sub(1) else {
         return;
     };
@@ -299,15 +299,11 @@ pub fn write_pages_at(locator: RelLocator, start: u32, pages: &[Vec<u8>]) {
     }
 }
 
-/// Appends pages to an empty fork the buffers cannot hold as permanent (the
-/// main fork of an unlogged sequence, init forks): WAL first, then the file,
-/// then fsync before commit, the pattern of RelationCopyStorage.
-pub fn write_pages_synced(locator: RelLocator, fork: pg_sys::ForkNumber::Type, pages: &[Vec<u8>]) {
-    write_pages_synced_at(locator, fork, 0, pages);
-}
-
-/// `write_pages_synced` for a fork that already has `start` blocks.
-pub fn write_pages_synced_at(
+/// Appends pages to a fork of `start` blocks the buffers cannot hold as
+/// permanent (the main fork of an unlogged relation, init forks): WAL
+/// first, then the file, then fsync before commit, the pattern of
+/// RelationCopyStorage.
+fn write_pages_synced_at(
     locator: RelLocator,
     fork: pg_sys::ForkNumber::Type,
     start: u32,
@@ -338,16 +334,5 @@ fn existing_relfilenodes(database: pg_sys::Oid, tablespace: pg_sys::Oid) -> Hash
     });
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .collect()
-}
-
-/// Copies every block of one fork of a source relation as it is now (sequences).
-pub fn copy_fork_raw(
-    locator: RelLocator,
-    fork: pg_sys::ForkNumber::Type,
-    oid: u32,
-) -> Vec<Vec<u8>> {
-    (0..source::block_count(locator, fork))
-        .map(|block| source::copy_page(locator, fork, oid, block, None).bytes)
         .collect()
 }

@@ -240,17 +240,7 @@ fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
         .iter()
         .filter(|r| !r.is_system() && r.persistence != b't')
     {
-        if rel.tablespace != 0 && rel.tablespace != pg_sys::DEFAULTTABLESPACE_OID.to_u32() {
-            CowError::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!(
-                    "relation \"{}\" is in a tablespace other than pg_default",
-                    rel.name
-                ),
-            )
-            .detail("cowclone does not clone relations stored in other tablespaces yet.")
-            .raise();
-        }
+        refuse_other_tablespace(rel);
         let shadowed = catalog_copy::is_shadowed(rel.oid, rel.kind, rel.persistence, rel.namespace);
         if shadowed && !switch.replacement.contains_key(&rel.am) {
             CowError::new(
@@ -263,6 +253,21 @@ fn check_supported(relations: &[SourceRelation], switch: &AccessMethodSwitch) {
             .detail("Tables must use heap; indexes btree, hash, gist, gin, spgist or brin.")
             .raise();
         }
+    }
+}
+
+/// Refuses a relation stored outside pg_default (0A000).
+pub(super) fn refuse_other_tablespace(rel: &SourceRelation) {
+    if rel.tablespace != 0 && rel.tablespace != pg_sys::DEFAULTTABLESPACE_OID.to_u32() {
+        CowError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "relation \"{}\" is in a tablespace other than pg_default",
+                rel.name
+            ),
+        )
+        .detail("cowclone does not clone relations stored in other tablespaces yet.")
+        .raise();
     }
 }
 
@@ -524,21 +529,12 @@ fn create_local_storage(
         if rel.kind == b'S' || own {
             let from = source.locator(rel.relfilenode);
             let main = pg_sys::ForkNumber::MAIN_FORKNUM;
-            let pages = catalog_copy::copy_fork_raw(from, main, rel.oid);
-            if unlogged {
-                catalog_copy::write_pages_synced(locator, main, &pages);
-            } else {
-                catalog_copy::write_pages(locator, &pages);
-            }
+            catalog_copy::copy_fork(from, main, rel.oid, &rel.name, None, locator, !unlogged);
             if unlogged {
                 // SAFETY: the main fork exists now.
                 unsafe { compat::create_init_fork(locator) };
                 let init = pg_sys::ForkNumber::INIT_FORKNUM;
-                catalog_copy::write_pages_synced(
-                    locator,
-                    init,
-                    &catalog_copy::copy_fork_raw(from, init, rel.oid),
-                );
+                catalog_copy::copy_fork(from, init, rel.oid, &rel.name, None, locator, false);
             }
         } else {
             if unlogged {

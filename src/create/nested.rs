@@ -31,7 +31,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use crate::create::catalog_copy::{self, AccessMethodSwitch};
 use crate::create::clone::{
     check_catalog_not_rewritten, create_database_shell, inherit_frozen_horizons, inherit_settings,
-    set_pending, CloneOutcome, Pending, SourceInfo,
+    refuse_other_tablespace, set_pending, CloneOutcome, Pending, SourceInfo,
 };
 use crate::create::point::PointRequest;
 use crate::create::source::{SourceDatabase, SourceRelation};
@@ -196,17 +196,7 @@ pub fn check_supported(
         .map(|(oid, _)| oid)
         .collect();
     for rel in relations.iter().filter(|r| has_own_storage(r)) {
-        if rel.tablespace != 0 && rel.tablespace != pg_sys::DEFAULTTABLESPACE_OID.to_u32() {
-            CowError::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!(
-                    "relation \"{}\" is in a tablespace other than pg_default",
-                    rel.name
-                ),
-            )
-            .detail("cowclone does not clone relations stored in other tablespaces yet.")
-            .raise();
-        }
+        refuse_other_tablespace(rel);
         if matches!(rel.kind, b'r' | b'm' | b't') && !heap_like.contains(&rel.am) {
             CowError::new(
                 PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -368,7 +358,7 @@ pub(super) fn clone_of_clone(
     let mut at = PointSnapshot::new(&point);
     catalog_copy::set_extension_namespace(parent_db.namespace_oid(&relations, at.as_ptr(), "cow"));
     check_supported(parent_db, &relations, at.as_ptr());
-    if slot::source_slot(root).is_none() {
+    let Some(root_pin) = slot::source_slot(root) else {
         CowError::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!(
@@ -380,8 +370,8 @@ pub(super) fn clone_of_clone(
             "Its slot {} does not exist.",
             slot::source_slot_name(root)
         ))
-        .raise();
-    }
+        .raise()
+    };
 
     let clone = create_database_shell(target, &info.locale);
     set_pending(Some(Pending {
@@ -391,7 +381,7 @@ pub(super) fn clone_of_clone(
         persisted_source_slot: false,
     }));
     record::mark_building(clone);
-    record::announce(clone, root, slot::source_slot(root).map_or(0, |s| s.xmin));
+    record::announce(clone, root, root_pin.xmin);
     inherit_frozen_horizons(clone, info);
     inherit_settings(parent_db.oid, clone);
     failpoint::reached("after_createdb");

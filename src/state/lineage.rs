@@ -29,17 +29,44 @@ pub struct Level {
     pub created_at: i64,
 }
 
+/// The database a chain's last level was made from: the level before it,
+/// or the source when the chain has at most that level.
+fn parent_in(chain: &[Level], source: u32, source_name: &str) -> (u32, String) {
+    match chain.len() {
+        0 | 1 => (source, source_name.to_string()),
+        n => (chain[n - 2].oid, chain[n - 2].name.clone()),
+    }
+}
+
+/// The levels from the source down to a clone named `name`: its chain, or
+/// for a clone of an ordinary database the clone alone.
+fn levels_of(
+    chain: &[Level],
+    clone: u32,
+    name: &str,
+    point: &ClonePoint,
+    created_at: i64,
+) -> Vec<Level> {
+    if !chain.is_empty() {
+        return chain.to_vec();
+    }
+    vec![Level {
+        oid: clone,
+        name: name.to_string(),
+        point_lsn: point.lsn,
+        point_time: point.taken_at,
+        created_at,
+    }]
+}
+
 impl CloneRecord {
-    /// The database this clone was made from, and the point it was cut at
-    /// (LSN, time): its source for a clone of an ordinary database, the
-    /// clone before it in the chain otherwise.
+    /// The database this clone was made from: its source for a clone of an
+    /// ordinary database, the clone before it in the chain otherwise.
     pub fn parent(&self) -> (u32, String) {
-        match self.chain.len() {
-            0 | 1 => (self.source, self.source_name.clone()),
-            n => (self.chain[n - 2].oid, self.chain[n - 2].name.clone()),
-        }
+        parent_in(&self.chain, self.source, &self.source_name)
     }
 
+    /// The point (LSN, time) this clone was cut from its parent at.
     pub fn branch_point(&self) -> (u64, i64) {
         self.chain
             .last()
@@ -48,22 +75,28 @@ impl CloneRecord {
             })
     }
 
-    /// The levels a child of this clone remembers: this chain (or, for a
-    /// clone of an ordinary database, the clone itself) then the child.
+    /// The levels from the root down to this clone, itself named `name`.
+    pub fn levels(&self, name: &str) -> Vec<Level> {
+        levels_of(&self.chain, self.clone, name, &self.point, self.created_at)
+    }
+
+    /// The levels a child of this clone remembers: this clone's, then the child.
     pub fn chain_for_child(&self, name: &str, child: Level) -> Vec<Level> {
-        let mut chain = if self.chain.is_empty() {
-            vec![Level {
-                oid: self.clone,
-                name: name.to_string(),
-                point_lsn: self.point.lsn,
-                point_time: self.point.taken_at,
-                created_at: self.created_at,
-            }]
-        } else {
-            self.chain.clone()
-        };
+        let mut chain = self.levels(name);
         chain.push(child);
         chain
+    }
+}
+
+impl Lineage {
+    /// The database this materialized clone was made from (as `CloneRecord::parent`).
+    pub fn parent(&self) -> (u32, String) {
+        parent_in(&self.chain, self.source, &self.source_name)
+    }
+
+    /// The levels from the root down to this database, itself named `name`.
+    pub fn levels(&self, name: &str) -> Vec<Level> {
+        levels_of(&self.chain, self.clone, name, &self.point, self.created_at)
     }
 }
 

@@ -90,7 +90,7 @@ pub struct CloneRecord {
     /// oldest first, ending with itself (each with the point it was cut
     /// from its parent). Empty for a clone of an ordinary database, whose
     /// parent is `source` and whose point is `point`. Encoded after the
-    /// 0.4.0 trailer, in `Nesting`.
+    /// 0.4.0 trailer (0.6.0), as a materialized clone's lineage encodes it.
     #[serde(skip)]
     pub chain: Vec<Level>,
 }
@@ -100,12 +100,6 @@ pub struct CloneRecord {
 struct Trailer {
     materialized: Vec<MaterializedStorage>,
     owners: Vec<(u32, u32)>,
-}
-
-/// What 0.6.0 encodes after the 0.4.0 trailer, for clones of clones.
-#[derive(Default, Serialize, Deserialize)]
-struct Nesting {
-    chain: Vec<Level>,
 }
 
 /// A relation of the clone that no longer reads its source: its rows were
@@ -161,10 +155,7 @@ fn to_label(record: &CloneRecord) -> String {
         body.extend(postcard::to_allocvec(&trailer).expect("a trailer serializes"));
     }
     if !record.chain.is_empty() {
-        let nesting = Nesting {
-            chain: record.chain.clone(),
-        };
-        body.extend(postcard::to_allocvec(&nesting).expect("a chain serializes"));
+        body.extend(postcard::to_allocvec(&record.chain).expect("a chain serializes"));
     }
     format!("{LABEL_PREFIX}source {} {}", record.source, hex(&body))
 }
@@ -191,8 +182,7 @@ fn from_label(label: &str) -> Result<CloneRecord, String> {
         record.materialized = trailer.materialized;
         record.owners = trailer.owners;
         if !rest.is_empty() {
-            let nesting: Nesting = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
-            record.chain = nesting.chain;
+            record.chain = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
         }
     }
     if record.source != source {

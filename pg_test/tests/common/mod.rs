@@ -234,3 +234,23 @@ pub fn vacuum_counts(cluster: &Cluster, db: &str, table: &str) -> (u64, u64) {
         .first()
         .unwrap_or_else(|| panic!("no tuple counts in VACUUM VERBOSE of {table}"))
 }
+
+/// TPC-B's invariant: every transaction adds its delta to one account, one
+/// teller, one branch and the history.
+pub fn tpcb_sums(cluster: &Cluster, db: &str) -> Vec<String> {
+    rows(
+        cluster,
+        db,
+        "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(tbalance) FROM pgbench_tellers), \
+         (SELECT sum(bbalance) FROM pgbench_branches), (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
+    )
+}
+
+pub fn assert_tpcb_invariant(cluster: &Cluster, db: &str) {
+    let sums = tpcb_sums(cluster, db);
+    let values: Vec<&str> = sums[0].split('|').collect();
+    assert!(
+        values.iter().all(|v| *v == values[0]),
+        "TPC-B sums in {db}: {sums:?}"
+    );
+}
